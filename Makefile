@@ -1,0 +1,42 @@
+# One-command install and test on a fresh machine (README: `make test`).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch comes first and pinned: on the project's machines pip takes these wheels from local disk; elsewhere set
+# TORCH_SPEC to the build for your CUDA (e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url ...").
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint bench-rules clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# torchattacks 3.5.1 pins requests~=2.25.1, which cannot co-resolve with mlflow's databricks-sdk
+	@# (requests>=2.28.1). Its code imports only torch, so it goes in without dependencies.
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
+	@$(BIN)/python -m pip check | grep -v '^torchattacks 3.5.1 has requirement requests~=2.25.1' \
+		| grep -v '^No broken requirements' ; \
+		if $(BIN)/python -m pip check | grep -v '^torchattacks 3.5.1 has requirement requests' \
+		| grep -q 'has requirement\|is not installed'; then echo "pip check: unexpected conflict"; exit 1; fi
+	@touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+# Everything, slow and integration tests included.
+test: install lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench-rules: install
+	$(BIN)/harness bench rules --backbones resnet18,alexnet,vgg16
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""`harness bench rules`: cost of each learning rule relative to plain PyTorch backpropagation.
+
+Two steps per rule, each timed interleaved with a plain-BP twin of the same model in the same process:
+- train: forward, cross-entropy, backward, Adam step (the fine-tuning step of PROTOCOL.md section 3);
+- input_grad: forward and d loss / d input only, with parameters still requiring grad (one step of a gradient
+  attack, the cost BioTorch pays 2.4x for).
+Imports torch and torchvision only, so it runs on a GPU machine where Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import rules
+from harness.bench.timing import interleaved_medians
+
+# Sizes that finish on a 2-core CPU; the GPU preset is the paper's (224 px, batch 128).
+CPU_SHAPES = {"resnet18": (32, 64), "alexnet": (64, 64), "vgg16": (32, 16)}
+GPU_SHAPES = {"resnet18": (224, 128), "alexnet": (224, 128), "vgg16": (224, 64)}
+
+
+@dataclass(frozen=True)
+class Case:
+    backbone: str
+    image_size: int
+    batch_size: int
+    num_classes: int = 10
+
+
+def _build(backbone: str, num_classes: int) -> nn.Module:
+    factory = getattr(torchvision.models, backbone, None)
+    if factory is None:
+        raise ValueError(f"unknown torchvision backbone {backbone!r}")
+    return factory(weights=None, num_classes=num_classes)
+
+
+def _train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _input_grad_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        xa = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+        g.sign_()  # what an FGSM/PGD step does next; keeps the result alive like a real attack
+
+    return step
+
+
+def bench_case(
+    case: Case,
+    rule_names: list[str],
+    device: torch.device,
+    rounds: int,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    torch.manual_seed(seed)
+    base = _build(case.backbone, case.num_classes).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(case.batch_size, 3, case.image_size, case.image_size, generator=gen).to(device)
+    y = torch.randint(0, case.num_classes, (case.batch_size,), generator=gen).to(device)
+
+    train_variants: dict[str, Callable[[], None]] = {}
+    grad_variants: dict[str, Callable[[], None]] = {}
+    for name in ["plain", *rule_names]:
+        model, attacked = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+        if name != "plain":  # same seed, so both copies run the same rule state
+            rules.attach(model, name, seed=seed)
+            rules.attach(attacked, name, seed=seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=5e-4)
+        train_variants[name] = _train_step(model, opt, x, y)
+        grad_variants[name] = _input_grad_step(attacked, x, y)
+
+    label = f"{case.backbone} {case.image_size}px batch {case.batch_size}"
+    log(f"[bench rules] {label}: training step, {rounds} interleaved rounds")
+    train = interleaved_medians(train_variants, device, rounds, progress=_progress(log, label, "train"))
+    log(f"[bench rules] {label}: input-gradient step, {rounds} interleaved rounds")
+    grad = interleaved_medians(grad_variants, device, rounds, progress=_progress(log, label, "input_grad"))
+    rows = []
+    for name in rule_names:
+        rows.append({
+            "backbone": case.backbone, "image_size": case.image_size, "batch_size": case.batch_size, "rule": name,
+            "train_ratio": train[name]["median_s"] / train["plain"]["median_s"],
+            "input_grad_ratio": grad[name]["median_s"] / grad["plain"]["median_s"],
+            "train_ms": 1e3 * train[name]["median_s"], "train_plain_ms": 1e3 * train["plain"]["median_s"],
+            "input_grad_ms": 1e3 * grad[name]["median_s"], "input_grad_plain_ms": 1e3 * grad["plain"]["median_s"],
+            "train_iqr_ms": 1e3 * (train[name]["q3_s"] - train[name]["q1_s"]),
+            "input_grad_iqr_ms": 1e3 * (grad[name]["q3_s"] - grad[name]["q1_s"]),
+        })
+    return rows
+
+
+def _progress(log: Callable[[str], None], label: str, what: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 4) == 0:
+            log(f"[bench rules] {label} {what}: round {done}/{total}")
+
+    return report
+
+
+def run(
+    backbones: list[str],
+    rule_names: list[str],
+    device: str = "cpu",
+    rounds: int = 20,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    dev = torch.device(device)
+    shapes = GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES
+    rows: list[dict] = []
+    for backbone in backbones:
+        size, batch = shapes.get(backbone, (32, 64))
+        case = Case(backbone, image_size or size, batch_size or batch)
+        rows.extend(bench_case(case, rule_names, dev, rounds, seed=seed, log=log))
+    return {
+        "benchmark": "rules",
+        "device": _device_name(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "baseline": "plain PyTorch autograd on an identical model, interleaved in the same process",
+        "rows": rows,
+    }
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_table(result: dict) -> str:
+    head = f"{'backbone':<10} {'size':>4} {'batch':>5} {'rule':<5} {'train x BP':>10} {'input-grad x BP':>15}" \
+           f" {'train ms':>9} {'input-grad ms':>13}"
+    lines = [f"device: {result['device']}, torch {result['torch']}, {result['rounds']} rounds", head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['backbone']:<10} {r['image_size']:>4} {r['batch_size']:>5} {r['rule']:<5} {r['train_ratio']:>10.3f}"
+            f" {r['input_grad_ratio']:>15.3f} {r['train_ms']:>9.1f} {r['input_grad_ms']:>13.1f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=2) + "\n")
+    return p

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import torch
+
+from rules.base import Layer, Rule, xavier_bound
+from rules.registry import register_rule
+from rules.streams import UniformStream
+
+
+@register_rule
+class BRSF(Rule):
+    """Batch-random-magnitude sign-concordant feedback: B = |M_t| * sign(W), M_t Xavier-uniform redrawn every pass.
+
+    A fresh M_t is drawn for every backward pass through the layer, i.e. once per forward/backward pair: each training
+    batch, and (as in BioTorch) each step of an attack that differentiates the model through its own backward.
+    Magnitudes are drawn at 16-bit resolution on the CPU (see rules/streams.py). A zero weight sends no error
+    back (sign(0) = 0).
+    """
+
+    name = "brsf"
+    random_per_pass = True
+
+    def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
+        layer.state["bound"] = torch.tensor(xavier_bound(layer.weight))
+
+    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> torch.Tensor:
+        if stream is None:
+            raise TypeError("brsf draws its feedback magnitudes from the handle's UniformStream")
+        w = layer.weight
+        unit = stream.unit(w.device)
+        bound = float(layer.state["bound"])
+        scaled_sign = layer.per_weight("scaled_sign", lambda w, out: torch.sign(w, out=out).mul_(bound * unit))
+        return stream.fill_scaled_(layer.scratch("b", w), scaled_sign)

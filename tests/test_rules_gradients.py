@@ -1,0 +1,262 @@
+"""Every rule's gradients, layer by layer, against independent references (PROTOCOL.md section 2)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import rules
+
+RULES = ["bp", "fa", "usf", "frsf", "brsf"]
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class SmallNet(nn.Module):
+    """Conv + BatchNorm + the awkward geometries: stride, dilation, groups, no bias, padding modes, 'same'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 12, 4, padding="same", padding_mode="reflect")  # asymmetric 'same'
+        self.c4 = nn.Conv2d(12, 12, 3, padding=1, padding_mode="circular", groups=3)
+        self.c5 = nn.Conv2d(12, 6, 2, padding="same")  # even kernel, zero padding: asymmetric
+        self.c6 = nn.Conv2d(6, 6, 3, padding="valid", padding_mode="replicate")
+        self.fc = nn.Linear(6 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        x = F.relu(self.c3(x))
+        x = F.relu(self.c4(x))
+        x = F.relu(self.c5(x))
+        x = self.c6(x)
+        return self.fc(x.flatten(1))
+
+
+def no_inplace(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return model
+
+
+class Recorder:
+    """Records, for every Conv/Linear, its input, the error arriving at its output, and the error it sends down.
+
+    Registered before the rule is attached, so its pre-hook runs first: the layer's input becomes a private clone
+    whose gradient is exactly what this layer sends down (other consumers of the same tensor are not mixed in).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.inputs, self.grad_out, self.grad_in = {}, {}, {}
+        self.handles = []
+        for name, m in model.named_modules():
+            if isinstance(m, LAYER_TYPES):
+                self.handles.append(m.register_forward_pre_hook(self._pre(name)))
+
+    def _pre(self, name):
+        def hook(module, args):
+            x = args[0]
+            if not x.requires_grad:
+                self.inputs[name] = x.detach()
+                return None
+            x = x.clone()
+            self.inputs[name] = x.detach()
+            x.register_hook(lambda g: self.grad_in.__setitem__(name, g))
+            return (x,)
+        return hook
+
+    def watch_outputs(self, model: nn.Module) -> None:
+        """Registered after attach, so it sees the layer's final output."""
+        for name, m in model.named_modules():
+            if isinstance(m, LAYER_TYPES):
+                def hook(module, args, out, name=name):
+                    if out.requires_grad:
+                        out.register_hook(lambda g: self.grad_out.__setitem__(name, g))
+                self.handles.append(m.register_forward_hook(hook))
+
+
+def reference_conv(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(m, nn.Linear):
+        return F.linear(x, w, bias)
+    return m._conv_forward(x, w, bias)
+
+
+def check_layers(model: nn.Module, handle: rules.RuleHandle, rec: Recorder, check_input: bool = True) -> int:
+    checked = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, LAYER_TYPES) or name not in rec.grad_out:
+            continue
+        x, g = rec.inputs[name], rec.grad_out[name]
+        w = m.weight.detach().clone().requires_grad_(True)
+        b = m.bias.detach().clone().requires_grad_(True) if m.bias is not None else None
+        ref = torch.autograd.grad(reference_conv(m, x, w, b), [t for t in (w, b) if t is not None], g)
+        torch.testing.assert_close(m.weight.grad, ref[0], rtol=1e-5, atol=1e-6, msg=f"{name} weight grad")
+        if b is not None:
+            torch.testing.assert_close(m.bias.grad, ref[1], rtol=1e-5, atol=1e-6, msg=f"{name} bias grad")
+        if check_input and name in rec.grad_in:
+            fb = handle.feedback(name)
+            xr = x.clone().requires_grad_(True)
+            (gx_ref,) = torch.autograd.grad(reference_conv(m, xr, fb, None), xr, g)
+            torch.testing.assert_close(rec.grad_in[name], gx_ref, rtol=1e-5, atol=1e-6, msg=f"{name} error sent")
+        checked += 1
+    return checked
+
+
+def run_and_check(model: nn.Module, rule: str, x: torch.Tensor) -> int:
+    model = no_inplace(model)
+    rec = Recorder(model)
+    handle = rules.attach(model, rule, seed=3)
+    rec.watch_outputs(model)
+    out = model(x)
+    model.zero_grad(set_to_none=True)
+    out.square().sum().backward()
+    return check_layers(model, handle, rec)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_small_net_every_layer(rule):
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    assert run_and_check(SmallNet(), rule, x) == 7
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_resnet18_every_layer(rule):
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    assert run_and_check(torchvision.models.resnet18(num_classes=10), rule, x) == 21
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_alexnet_every_layer(rule):
+    x = torch.rand(2, 3, 63, 63, requires_grad=True)
+    model = torchvision.models.alexnet(num_classes=10).eval()  # eval: no dropout, so the references line up
+    assert run_and_check(model, rule, x) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", RULES)
+def test_vgg16_every_layer(rule):
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model = torchvision.models.vgg16(num_classes=10).eval()
+    assert run_and_check(model, rule, x) == 16
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("shape", [(7,), (5, 7), (3, 5, 7), (2, 3, 4, 7)])
+def test_linear_any_rank(rule, shape):
+    lin = nn.Linear(7, 4)
+    x = torch.randn(*shape, requires_grad=True)
+    handle = rules.attach(lin, rule, seed=1)
+    y = lin(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    b = handle.feedback("")
+    torch.testing.assert_close(x.grad, g @ b)
+    g2, x2 = g.reshape(-1, 4), x.detach().reshape(-1, 7)
+    torch.testing.assert_close(lin.weight.grad, g2.t() @ x2)
+    torch.testing.assert_close(lin.bias.grad, g2.sum(0))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_conv1d_and_conv3d(rule):
+    for conv, x in [
+        (nn.Conv1d(3, 4, 3, stride=2, padding=1), torch.randn(2, 3, 9)),
+        (nn.Conv3d(2, 4, 3, padding=1, groups=2, bias=False), torch.randn(1, 2, 4, 5, 5)),
+    ]:
+        x.requires_grad_(True)
+        handle = rules.attach(conv, rule, seed=2)
+        y = conv(x)
+        g = torch.randn_like(y)
+        y.backward(g)
+        xr = x.detach().clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(conv._conv_forward(xr, handle.feedback(""), None), xr, g)
+        torch.testing.assert_close(x.grad, ref)
+
+
+@pytest.mark.parametrize(
+    "factory,size",
+    [(SmallNet, 16), (lambda: torchvision.models.resnet18(num_classes=10), 32),
+     (lambda: torchvision.models.alexnet(num_classes=10).eval(), 63)],
+)
+def test_bp_is_bit_identical_to_plain_autograd(factory, size):
+    torch.manual_seed(1)
+    plain = factory()
+    ruled = copy.deepcopy(plain)
+    rules.attach(ruled, "bp")
+    x = torch.rand(2, 3, size, size)
+    for model in (plain, ruled):
+        xi = x.clone().requires_grad_(True)
+        model(xi).logsumexp(1).sum().backward()
+        model.input_grad = xi.grad
+    assert torch.equal(plain.input_grad, ruled.input_grad)
+    for (n, p), (_, q) in zip(plain.named_parameters(), ruled.named_parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), n
+
+
+def test_input_gradient_only_computes_no_weight_gradient():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    handle = rules.attach(model, "frsf", seed=0)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)  # a leaf, as in torchattacks
+    (gx,) = torch.autograd.grad(F.cross_entropy(model(x), torch.tensor([1, 2])), x)
+    assert gx.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    # same result as a full backward
+    x2 = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(model(x2), torch.tensor([1, 2])).backward()
+    torch.testing.assert_close(gx, x2.grad)
+    assert handle.attached
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "fa", "brsf"])
+def test_rule_changes_the_input_gradient(rule):
+    torch.manual_seed(0)
+    model = SmallNet()
+    x = torch.randn(2, 3, 16, 16)
+    xa = x.clone().requires_grad_(True)
+    model(xa).sum().backward()
+    rules.attach(model, rule)
+    xb = x.clone().requires_grad_(True)
+    model(xb).sum().backward()
+    cos = F.cosine_similarity(xa.grad.flatten(), xb.grad.flatten(), dim=0)
+    assert cos < 0.999
+
+
+def test_bfloat16_autocast_on_cpu():
+    model = SmallNet()
+    rules.attach(model, "frsf")
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and p.grad.dtype == p.dtype for p in model.parameters())
+
+
+def test_attack_gradient_skips_weight_gradients(monkeypatch):
+    """An attack's autograd.grad w.r.t. the image must not pay for weight gradients (BioTorch's 2.4x)."""
+    import rules.backward as rb
+
+    seen = []
+    real = rb.conv_backward
+
+    def spy(g, x, w, module, need_x, need_w, need_b):
+        seen.append((need_x, need_w, need_b))
+        return real(g, x, w, module, need_x, need_w, need_b)
+
+    monkeypatch.setattr(rb, "conv_backward", spy)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    rules.attach(model, "usf")
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    torch.autograd.grad(F.cross_entropy(model(x), torch.tensor([0, 1])), x)
+    assert len(seen) == 20 and all(s == (True, False, False) for s in seen)
+    seen.clear()
+    F.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    assert len(seen) == 20 and all(s[:2] == (True, True) for s in seen)
