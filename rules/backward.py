@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rules.base import Feedback
+
 
 def _conv_geometry(module: nn.modules.conv._ConvNd) -> tuple[list[int] | None, list[int]]:
     """(symmetric padding for the kernel call, or None if the module pads explicitly) and F.pad's amounts."""
@@ -73,15 +75,27 @@ def linear_backward(
 
 
 def layer_backward(
-    g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, module: nn.Module,
+    g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, fb: Feedback | None, module: nn.Module,
     need_x: bool, need_w: bool, need_b: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dL/dx with B, dL/dW, dL/dbias) for one Conv/Linear layer; `b` may be None when dL/dx is not needed."""
-    feedback = b if (need_x and b is not None) else w
-    if feedback.dtype != g.dtype:  # autocast: the error arrives in half precision
-        feedback = feedback.to(g.dtype)
+    """(dL/dx with B, dL/dW, dL/dbias) for one Conv/Linear layer; `fb` may be None when dL/dx is not needed."""
+    matrix, scale = (fb.matrix, fb.scale) if (need_x and fb is not None) else (w, 1.0)
+    scale_error = False
+    if scale != 1.0:
+        # Apply the scalar where it is cheaper: to B (a temporary) on accelerators when B is the smaller tensor,
+        # otherwise in place to the error sent down (no allocation; on the CPU that is always the better choice).
+        if matrix.device.type != "cpu" and matrix.numel() < x.numel():
+            matrix = matrix * scale
+        else:
+            scale_error = True
+    if matrix.dtype != g.dtype:  # autocast: the error arrives in half precision
+        matrix = matrix.to(g.dtype)
     if x.dtype != g.dtype:
         x = x.to(g.dtype)
     if isinstance(module, nn.Linear):
-        return linear_backward(g, x, feedback, need_x, need_w, need_b)
-    return conv_backward(g, x, feedback, module, need_x, need_w, need_b)
+        gx, gw, gb = linear_backward(g, x, matrix, need_x, need_w, need_b)
+    else:
+        gx, gw, gb = conv_backward(g, x, matrix, module, need_x, need_w, need_b)
+    if scale_error and gx is not None:
+        gx.mul_(scale)
+    return gx, gw, gb

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +36,17 @@ def xavier_bound(weight: torch.Tensor) -> float:
     return math.sqrt(6.0 / (fan_in + fan_out))
 
 
+class Feedback(NamedTuple):
+    """B = scale * matrix. Keeping a scalar factor apart lets the backward apply it to whichever of B and the error
+    sent down is smaller (on the CPU: always the error, in place, so no weight-sized temporary is allocated)."""
+
+    matrix: torch.Tensor
+    scale: float = 1.0
+
+    def materialize(self) -> torch.Tensor:
+        return self.matrix * self.scale if self.scale != 1.0 else self.matrix
+
+
 @dataclass
 class Layer:
     """One Conv/Linear module under a rule: its name, the module, and the rule's tensors for it."""
@@ -48,7 +59,7 @@ class Layer:
     # so an attack's many steps on fixed weights build them once. Never saved.
     derived: dict[str, tuple[tuple, torch.Tensor]] = field(default_factory=dict)
     # The B sent down by the most recent backward (what diagnostics must be computed from).
-    last_b: torch.Tensor | None = None
+    last_b: Feedback | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -110,6 +121,6 @@ class Rule:
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         """Draw the layer's fixed random tensors (if any) into `layer.state`, on the CPU for reproducibility."""
 
-    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> torch.Tensor:
-        """B for `layer`, shaped like its weight, on the weight's device and dtype. Callers must not modify it."""
+    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> Feedback:
+        """B for `layer` (shaped like its weight, on its device and dtype). Callers must not modify the matrix."""
         raise NotImplementedError

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import torch
-
-from rules.base import Layer, Rule
+from rules.base import Feedback, Layer, Rule
 from rules.registry import register_rule
 
 
@@ -13,5 +11,5 @@ class BP(Rule):
     name = "bp"
     exact = True
 
-    def feedback(self, layer: Layer, rng: object | None = None) -> torch.Tensor:
-        return layer.weight.detach()
+    def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
+        return Feedback(layer.weight.detach())

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rules.base import Layer, Rule, xavier_bound
+from rules.base import Feedback, Layer, Rule, xavier_bound
 from rules.registry import register_rule
 from rules.streams import UniformStream
 
@@ -23,11 +23,11 @@ class BRSF(Rule):
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         layer.state["bound"] = torch.tensor(xavier_bound(layer.weight))
 
-    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> torch.Tensor:
+    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> Feedback:
         if stream is None:
             raise TypeError("brsf draws its feedback magnitudes from the handle's UniformStream")
         w = layer.weight
-        unit = stream.unit(w.device)
-        bound = float(layer.state["bound"])
-        scaled_sign = layer.per_weight("scaled_sign", lambda w, out: torch.sign(w, out=out).mul_(bound * unit))
-        return stream.fill_scaled_(layer.scratch("b", w), scaled_sign)
+        sign = layer.per_weight("sign", lambda w, out: torch.sign(w, out=out))
+        # matrix = U' * sign(W) with U' = U / unit; B = a * unit * matrix = a * U * sign(W).
+        matrix = stream.fill_scaled_(layer.scratch("b", w), sign)
+        return Feedback(matrix, float(layer.state["bound"]) * stream.unit(w.device))

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from rules.backward import layer_backward
-from rules.base import FEEDBACK_LAYER_TYPES, Layer, Rule
+from rules.base import FEEDBACK_LAYER_TYPES, Feedback, Layer, Rule
 from rules.registry import get_rule
 from rules.streams import UniformStream
 
@@ -61,8 +61,8 @@ class _RuleLayer(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = _needed(ctx, 1), _needed(ctx, 2), _needed(ctx, 3)
-        b = ctx.owner._feedback_for_backward(ctx.layer) if need_x else None
-        gx, gw, gb = layer_backward(g, x, w, b, ctx.layer.module, need_x, need_w, need_b)
+        fb = ctx.owner._feedback_for_backward(ctx.layer) if need_x else None
+        gx, gw, gb = layer_backward(g, x, w, fb, ctx.layer.module, need_x, need_w, need_b)
         return None, gx, gw, gb, None, None
 
 
@@ -148,10 +148,10 @@ class RuleHandle:
             self._exact_depth -= 1
 
     # -- feedback matrices ---------------------------------------------------------------------------------------
-    def _feedback_for_backward(self, layer: Layer) -> torch.Tensor:
-        b = self.rule.feedback(layer, self.stream)
-        layer.last_b = b
-        return b
+    def _feedback_for_backward(self, layer: Layer) -> Feedback:
+        fb = self.rule.feedback(layer, self.stream)
+        layer.last_b = fb
+        return fb
 
     def feedback(self, name: str) -> torch.Tensor:
         """The layer's feedback matrix B as of now (a copy).
@@ -163,10 +163,12 @@ class RuleHandle:
         if self.rule.exact:
             return layer.weight.detach().clone()
         if not self.rule.random_per_pass:
-            return self.rule.feedback(layer, self.stream).detach().clone()
-        if layer.last_b is not None:
-            return layer.last_b.detach().clone()
-        return self.rule.feedback(layer, UniformStream(self.seed + 1_000_003)).detach().clone()
+            fb = self.rule.feedback(layer, self.stream)
+        elif layer.last_b is not None:
+            fb = layer.last_b
+        else:
+            fb = self.rule.feedback(layer, UniformStream(self.seed + 1_000_003))
+        return fb.materialize().detach().clone()
 
     def feedback_matrices(self) -> dict[str, torch.Tensor]:
         return {name: self.feedback(name) for name in self.layers}

@@ -38,9 +38,8 @@ def _executor() -> ThreadPoolExecutor:
 class UniformStream:
     """Uniform magnitudes, reproducible from `seed`, with a state that round-trips through `torch.save`.
 
-    `fill_scaled_(out, scale)` writes U * scale into `out`, where `scale` must already include `unit(device)`
-    (1/65536 on the CPU, 1 elsewhere): callers cache `unit * a * sign(W)` once per weight update, which leaves two
-    passes over the weights per draw.
+    `fill_scaled_(out, scale)` writes (U / unit) * scale into `out`, unit = `unit(device)` (1/65536 on the CPU,
+    1 elsewhere): the caller folds unit into a scalar it applies later, so a draw is two passes over the weights.
     """
 
     def __init__(self, seed: int) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rules.base import Layer, Rule, xavier_std
+from rules.base import Feedback, Layer, Rule, xavier_std
 from rules.registry import register_rule
 
 
@@ -19,6 +19,6 @@ class USF(Rule):
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         layer.state["scale"] = torch.tensor(xavier_std(layer.weight))
 
-    def feedback(self, layer: Layer, stream: object | None = None) -> torch.Tensor:
-        s = float(layer.state["scale"])
-        return layer.per_weight("b", lambda w, out: torch.sign(w, out=out).mul_(s))
+    def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
+        sign = layer.per_weight("sign", lambda w, out: torch.sign(w, out=out))
+        return Feedback(sign, float(layer.state["scale"]))

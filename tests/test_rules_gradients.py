@@ -106,7 +106,9 @@ def check_layers(model: nn.Module, handle: rules.RuleHandle, rec: Recorder, chec
             fb = handle.feedback(name)
             xr = x.clone().requires_grad_(True)
             (gx_ref,) = torch.autograd.grad(reference_conv(m, xr, fb, None), xr, g)
-            torch.testing.assert_close(rec.grad_in[name], gx_ref, rtol=1e-5, atol=1e-6, msg=f"{name} error sent")
+            # B may be applied as (scale, matrix): rounding differs by a few ulps of the largest entry
+            atol = 1e-6 * max(1.0, gx_ref.abs().max().item())
+            torch.testing.assert_close(rec.grad_in[name], gx_ref, rtol=1e-5, atol=atol, msg=f"{name} error sent")
         checked += 1
     return checked
 

@@ -48,5 +48,15 @@ def interleaved_medians(
     out = {}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-        out[name] = {"median_s": statistics.median(ts), "q1_s": q[0], "q3_s": q[2], "n": len(ts)}
+        out[name] = {"median_s": statistics.median(ts), "q1_s": q[0], "q3_s": q[2], "n": len(ts), "times_s": ts}
     return out
+
+
+def paired_ratio(result: dict[str, dict], name: str, baseline: str) -> float:
+    """Median over rounds of time(name) / time(baseline) within the same round.
+
+    Both were timed within one round, seconds apart, so a slow drift of the machine's load cancels; the median
+    drops rounds where a burst hit one of the two.
+    """
+    a, b = result[name]["times_s"], result[baseline]["times_s"]
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
