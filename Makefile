@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint bench-rules clean
+FMNIST_DEB := /usr/share/datasets/fashion-mnist
+
+.PHONY: install test test-fast lint bench-rules bench-data fmnist-source data clean
 
 install: $(STAMP)
 
@@ -28,8 +30,21 @@ $(STAMP): pyproject.toml Makefile
 lint: install
 	$(BIN)/ruff check .
 
+# Real Fashion-MNIST for the embedded default and the real-data tests: Debian's package when we are root on
+# Debian (no download needed); otherwise `harness data prepare fashion-mnist` explains the other ways.
+fmnist-source:
+	@if [ ! -d $(FMNIST_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			dataset-fashion-mnist >/dev/null 2>&1) || echo "could not install dataset-fashion-mnist; real-data tests skip"; \
+	fi
+
+data: install fmnist-source
+	$(BIN)/harness data prepare fashion-mnist --out data/fashion-mnist
+
 # Everything, slow and integration tests included.
-test: install lint
+test: install lint fmnist-source
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
@@ -37,6 +52,9 @@ test-fast: install
 
 bench-rules: install
 	$(BIN)/harness bench rules --backbones resnet18,alexnet,vgg16
+
+bench-data: data
+	$(BIN)/harness bench data data/fashion-mnist
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

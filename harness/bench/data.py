@@ -1,0 +1,103 @@
+"""`harness bench data`: images per second of the shard reader, against an in-memory tensor baseline and against
+ResNet-18 training, all in the same process. Imports no Ray."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from workloads.datasets import ShardReader, load_manifest
+
+
+def _epoch_rate(batches: Callable[[], object]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = 0
+    for x, _ in batches():
+        n += len(x)
+    return n / (time.perf_counter() - t0), n
+
+
+def _memory_baseline(images: torch.Tensor, labels: torch.Tensor, batch: int, pad: int, seed: int):
+    """The same batches from a uint8 tensor already in memory: permutation, gather, float, pad, grey->RGB."""
+
+    def batches():
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(labels), generator=g)
+        for s in range(0, len(order), batch):
+            idx = order[s : s + batch]
+            x = images[idx].float().div_(255.0)
+            if pad:
+                x = F.pad(x, (pad,) * 4)
+            yield x.expand(-1, 3, -1, -1).contiguous(), labels[idx]
+
+    return batches
+
+
+def _train_rate(size: int, batch: int, steps: int = 6) -> float:
+    model = torchvision.models.resnet18(num_classes=10).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times))
+
+
+def run(folder: str | Path, split: str = "train", batch_size: int = 256, pad: int = 2, epochs: int = 3,
+        seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    manifest = load_manifest(folder)
+    rows = {}
+    log(f"[bench data] streamed reader (decode every epoch), {epochs} epochs")
+    streamed = ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad, cache=False)
+    rates = []
+    for e in range(epochs):
+        streamed.set_epoch(e)
+        rates.append(_epoch_rate(lambda r=streamed: r)[0])
+    rows["reader_streamed_img_s"] = float(np.median(rates))
+    log("[bench data] cached reader (decode once, then from memory)")
+    cached = ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad, cache=True)
+    first, n = _epoch_rate(lambda: cached)
+    rows["reader_cached_first_epoch_img_s"] = first
+    rates = []
+    for e in range(1, epochs + 1):
+        cached.set_epoch(e)
+        rates.append(_epoch_rate(lambda r=cached: r)[0])
+    rows["reader_cached_img_s"] = float(np.median(rates))
+    log("[bench data] in-memory tensor baseline")
+    data = cached._load_all()
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(data.labels)
+    base = [_epoch_rate(_memory_baseline(images, labels, batch_size, pad, seed + e))[0] for e in range(epochs)]
+    rows["memory_baseline_img_s"] = float(np.median(base))
+    size = (manifest.image.get("height") or 0) + 2 * pad
+    log(f"[bench data] ResNet-18 training throughput at {size}x{size}, batch 64")
+    rows["resnet18_train_img_s"] = _train_rate(size, 64)
+    rows["streamed_vs_train"] = rows["reader_streamed_img_s"] / rows["resnet18_train_img_s"]
+    rows["cached_vs_train"] = rows["reader_cached_img_s"] / rows["resnet18_train_img_s"]
+    rows["cached_vs_memory_baseline"] = rows["reader_cached_img_s"] / rows["memory_baseline_img_s"]
+    return {"benchmark": "data", "dataset": manifest.dataset, "split": split, "samples_per_epoch": n,
+            "image_size": size, "batch_size": batch_size, "threads": torch.get_num_threads(), **rows}
+
+
+def format_table(r: dict) -> str:
+    return "\n".join([
+        f"{r['dataset']} {r['split']}: {r['samples_per_epoch']} images/epoch at {r['image_size']}x{r['image_size']}"
+        f" RGB, batch {r['batch_size']}, {r['threads']} threads",
+        f"  shard reader, streamed (decode each epoch): {r['reader_streamed_img_s']:>10,.0f} img/s",
+        f"  shard reader, cached (decoded once):        {r['reader_cached_img_s']:>10,.0f} img/s",
+        f"  in-memory tensor baseline:                   {r['memory_baseline_img_s']:>10,.0f} img/s",
+        f"  ResNet-18 training (same size, batch 64):    {r['resnet18_train_img_s']:>10,.0f} img/s",
+        f"  streamed / training: {r['streamed_vs_train']:.1f}x   cached / training: {r['cached_vs_train']:.1f}x   "
+        f"cached / in-memory baseline: {r['cached_vs_memory_baseline']:.2f}x",
+    ])

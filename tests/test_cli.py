@@ -1,0 +1,55 @@
+"""The command line: help, exit codes, and clear one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datagen import write_fmnist
+
+from harness.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "data" in out.stdout and "bench" in out.stdout
+
+
+def test_unknown_rule_is_a_one_line_error(capsys):
+    assert main(["bench", "rules", "--rules", "bp,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown learning rule 'nope'; known rules: bp, brsf, fa, frsf, usf" in err and "Traceback" not in err
+
+
+def test_data_prepare_missing_source_exit_code(tmp_path, capsys):
+    args = ["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_data_prepare_info_and_bench_data(tmp_path, capsys):
+    write_fmnist(tmp_path / "src", n_train=300, n_test=50)
+    out = str(tmp_path / "fm")
+    assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", out]) == 0
+    assert "train: 300 samples" in capsys.readouterr().out
+    assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", out]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["data", "info", out, "--deep"]) == 0
+    assert main(["bench", "data", out, "--epochs", "1", "--out", str(tmp_path / "d.json")]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["samples_per_epoch"] == 300 and result["reader_streamed_img_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_rules_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["bench", "rules", "--rules", "bp,brsf", "--rounds", "2", "--batch-size", "4", "--out", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["rule"] for r in rows] == ["bp", "brsf"] and all(r["train_ratio"] > 0 for r in rows)
+    assert "train x BP" in capsys.readouterr().out

@@ -1,0 +1,121 @@
+"""The manifest: what a folder of shards holds, and the checksums that prove it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workloads.datasets.errors import DataError
+
+FORMAT = "sigsym-shards/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    count: int
+    bytes: int
+    sha256: str
+    first_key: str
+    last_key: str
+    # crc32 of every sample's members, in order: lets a checksum failure name the damaged sample's key
+    index: str
+    index_sha256: str
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SplitInfo:
+    count: int
+    shards: list[ShardInfo]
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    label_kind: str  # "single" or "multi"
+    classes: list[str]
+    image: dict[str, Any]  # {"height", "width", "channels", "encoding"}; height/width None if they vary
+    splits: dict[str, SplitInfo]
+    source: dict[str, Any]
+    format: str = FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False) + "\n"
+
+    @staticmethod
+    def from_dict(d: dict[str, Any], where: str) -> Manifest:
+        try:
+            if d.get("format") != FORMAT:
+                raise DataError(
+                    f"{where}: format {d.get('format')!r}, expected {FORMAT!r}; run `harness data prepare` again"
+                )
+            splits = {
+                name: SplitInfo(
+                    count=int(s["count"]),
+                    shards=[ShardInfo(**sh) for sh in s["shards"]],
+                    class_counts={k: int(v) for k, v in s.get("class_counts", {}).items()},
+                )
+                for name, s in d["splits"].items()
+            }
+            m = Manifest(
+                dataset=str(d["dataset"]), label_kind=str(d["label_kind"]), classes=[str(c) for c in d["classes"]],
+                image=dict(d["image"]), splits=splits, source=dict(d.get("source", {})), format=d["format"],
+            )
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: not a valid manifest ({type(exc).__name__}: {exc})") from None
+        if m.label_kind not in ("single", "multi"):
+            raise DataError(f"{where}: label_kind must be 'single' or 'multi', not {m.label_kind!r}")
+        for split, info in m.splits.items():
+            if sum(sh.count for sh in info.shards) != info.count:
+                raise DataError(f"{where}: split {split!r} says {info.count} samples but its shards hold "
+                                f"{sum(sh.count for sh in info.shards)}")
+        return m
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            f"no {MANIFEST} in {root}: prepare the dataset first (`harness data prepare NAME --out {root}`)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); prepare the dataset again") from None
+    return Manifest.from_dict(data, str(path))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_shard_files(root: Path, manifest: Manifest, deep: bool = False) -> None:
+    """Every shard the manifest lists exists with its size (and, if `deep`, its checksum)."""
+    for split, info in manifest.splits.items():
+        for sh in info.shards:
+            p = root / sh.name
+            if not p.is_file():
+                raise DataError(f"shard {p} listed in the manifest (split {split!r}) is missing")
+            size = os.path.getsize(p)
+            if size != sh.bytes:
+                raise DataError(f"shard {p} has {size} bytes, the manifest says {sh.bytes}: it was changed or "
+                                "truncated; prepare the dataset again")
+            if deep and sha256_file(p) != sh.sha256:
+                raise DataError(f"shard {p} does not match its manifest checksum; prepare the dataset again")
