@@ -280,3 +280,22 @@ def test_real_fashion_mnist_matches_the_idx_files(tmp_path):
         x = torch.cat([b[0] for b in reader])
         y = torch.cat([b[1] for b in reader])
         assert np.array_equal(to_uint8(x)[..., 0], imgs) and np.array_equal(y.numpy(), labels)
+
+
+def test_cifar100_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "src" / "cifar-100-python"
+    root.mkdir(parents=True)
+    truth = {}
+    for split, n in (("train", 7), ("test", 3)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = rng.integers(0, 100, n)
+        (root / split).write_bytes(pickle.dumps({b"data": data, b"fine_labels": [int(v) for v in fine],
+                                                 b"coarse_labels": [0] * n}, protocol=2))
+        truth[split] = (data, fine)
+    (root / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}, 2))
+    m, _ = prepare("cifar100", tmp_path / "out", src=tmp_path / "src")
+    assert m.num_classes == 100 and m.classes[99] == "f99"
+    x, y = read_all(tmp_path / "out", "test")
+    assert np.array_equal(to_uint8(x), truth["test"][0].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert np.array_equal(y.numpy(), truth["test"][1])
