@@ -13,8 +13,8 @@ class BRSF(Rule):
 
     A fresh M_t is drawn for every backward pass through the layer, i.e. once per forward/backward pair: each training
     batch, and (as in BioTorch) each step of an attack that differentiates the model through its own backward.
-    Magnitudes are drawn at 16-bit resolution on the CPU (see rules/streams.py). A zero weight sends no error
-    back (sign(0) = 0).
+    Magnitudes are drawn at 16-bit resolution by a counter-based stream that gives the same numbers on CPU and GPU
+    (see rules/streams.py). A zero weight sends no error back (sign(0) = 0).
     """
 
     name = "brsf"
@@ -26,8 +26,7 @@ class BRSF(Rule):
     def feedback(self, layer: Layer, stream: UniformStream | None = None) -> Feedback:
         if stream is None:
             raise TypeError("brsf draws its feedback magnitudes from the handle's UniformStream")
-        w = layer.weight
-        sign = layer.per_weight("sign", lambda w, out: torch.sign(w, out=out))
-        # matrix = U' * sign(W) with U' = U / unit; B = a * unit * matrix = a * U * sign(W).
-        matrix = stream.fill_scaled_(layer.scratch("b", w), sign)
-        return Feedback(matrix, float(layer.state["bound"]) * stream.unit(w.device))
+        w = layer.weight.detach()
+        # matrix = k * sign(W), k odd in [1, 65535]; B = a * (k / 65536) * sign(W) = |M_t| * sign(W).
+        matrix = stream.fill_signed_(layer.scratch("b", w), w)
+        return Feedback(matrix, float(layer.state["bound"]) * stream.unit_scale)

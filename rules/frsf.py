@@ -23,4 +23,6 @@ class FRSF(Rule):
 
     def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
         abs_m = layer.state_on("abs_m", layer.weight)
+        # Two torch passes (sign, then multiply) on all cores measured as fast as one fused single-pass C loop.
         return Feedback(layer.per_weight("b", lambda w, out: torch.sign(w, out=out).mul_(abs_m)))
+

@@ -1,127 +1,122 @@
-"""The seeded stream of uniform draws behind brSF's per-forward feedback magnitudes.
+"""brSF's per-pass random magnitudes: a counter-based stream with the same numbers on every device.
 
-brSF draws one magnitude per weight at every forward pass, so the generator sits on the critical path of every
-training step and every attack step. Measured on 2 CPU cores for ResNet-18's 11.2M weights: torch's CPU generator
-31 ms, numpy float32 `random` 22 ms, raw SFC64 words for 16-bit magnitudes on two threads about 3 ms. A ResNet-18
-step on 32x32 inputs takes about 125 ms, so only the last meets the issue's 1.10x budget.
+brSF draws one magnitude per weight at every backward pass, so the generator sits on the critical path of every
+training step and every attack step. ResNet-18 has 11.2M weights and a 32x32 step takes ~120 ms on 2 cores, where
+torch's CPU generator needs 31 ms and numpy's fastest float32 draw 22 ms. So:
 
-So on the CPU each magnitude is drawn from 16 random bits with the lowest forced to 1: |M| / a = (2j + 1) / 65536,
-j uniform on 0..32767, the midpoints of 32,768 equal bins of (0, 1). The mean is exactly 1/2 and the variance that of
-U(0, 1) to within 1e-10; no magnitude is 0. The whole draw is then one integer-to-float copy and one multiply.
-On an accelerator torch's device generator (Philox) fills float32 U[0, 1) in place.
-
-The CPU draw is split into a fixed number of sub-streams, so the numbers do not depend on how many threads run them.
+- each magnitude is 16 random bits with the lowest forced to 1: |M| / a = (2j + 1) / 65536, j uniform on
+  0..32767, the midpoints of 32,768 equal bins of (0, 1) (mean exactly 1/2, variance that of U(0, 1) within 1e-10,
+  never 0);
+- the bits are counter-based (rules/feedback_kernels.c): any slice of a draw can be computed on its own, so two threads
+  split it without changing a number, and the same arithmetic runs as one fused vectorised C pass that reads W
+  and writes B, in numpy (no compiler), or in torch on a GPU, all bit-identical;
+- the stream's whole state is (seed, draws so far), saved with the checkpoint.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
-_SUBSTREAMS = 2
+from rules.kernels import native_fill, split_call, why_not_native
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_H1, _H2 = 0x21F0AAAD, 0xD35A2D97
+_M64, _M32 = (1 << 64) - 1, (1 << 32) - 1
 _LEVELS = 65536.0
-_ODD_LANES = np.uint64(0x0001_0001_0001_0001)
-# Below this many weights a thread hand-off costs more than it saves.
-_PARALLEL_MIN = 1 << 20
-_pool: ThreadPoolExecutor | None = None
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_SUBSTREAMS, thread_name_prefix="brsf-draw")
-    return _pool
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * _C1) & _M64
+    z = ((z ^ (z >> 27)) * _C2) & _M64
+    return z ^ (z >> 31)
+
+
+def _h32_numpy(x: np.ndarray) -> np.ndarray:
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(_H1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(_H2)
+    x ^= x >> np.uint32(15)
+    return x
+
+
+def _h32_torch(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding values in [0, 2^32): products wrap, the low 32 bits are exact."""
+    x = x ^ (x >> 16)
+    x = (x * _H1) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _H2) & _M32
+    return x ^ (x >> 15)
 
 
 class UniformStream:
-    """Uniform magnitudes, reproducible from `seed`, with a state that round-trips through `torch.save`.
+    """Odd 16-bit magnitudes k (|M| = a * k / 65536), reproducible from `seed` on any device and thread count."""
 
-    `fill_scaled_(out, scale)` writes (U / unit) * scale into `out`, unit = `unit(device)` (1/65536 on the CPU,
-    1 elsewhere): the caller folds unit into a scalar it applies later, so a draw is two passes over the weights.
-    """
+    unit_scale = 1.0 / _LEVELS
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
-        children = np.random.SeedSequence(self.seed).spawn(_SUBSTREAMS)
-        self._cpu = [np.random.SFC64(c) for c in children]
-        self._devices: dict[str, torch.Generator] = {}
+        self.key = _mix64((self.seed * _GOLDEN + 0x5851F42D4C957F2D) & _M64)
+        self.draws = 0
+
+    def _next_keys(self) -> tuple[int, int]:
+        k = _mix64((self.key + self.draws * _GOLDEN) & _M64)
+        self.draws += 1
+        return k & _M32, k >> 32
+
+    def fill_signed_(self, out: torch.Tensor, weight: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """out = k * sign(weight) with a fresh k per element; returns out.
+
+        `backend` forces 'native' (one fused pass in C), 'numpy' or 'torch'; all give the same numbers.
+        """
+        if out.numel() >= 1 << 33:
+            raise ValueError("a brsf draw is limited to 2^33 weights per layer")
+        k1, k2 = self._next_keys()
+        if backend is None:
+            backend = "torch" if out.device.type != "cpu" else ("native" if native_fill() else "numpy")
+        usable = out.is_contiguous() and out.dtype == torch.float32 and out.device.type == "cpu"
+        if backend == "torch" or not usable:
+            return self._fill_torch(out, weight, k1, k2)
+        w = weight.detach().to(torch.float32).contiguous()
+        if backend == "native":
+            fill = native_fill()
+            if fill is None:
+                raise RuntimeError(f"the native brsf kernel is not available: {why_not_native()}")
+            self._fill_native(fill, out, w, k1, k2)
+        else:
+            self._fill_numpy(out, w, k1, k2)
+        return out
 
     @staticmethod
-    def unit(device: torch.device) -> float:
-        return 1.0 / _LEVELS if device.type == "cpu" else 1.0
+    def _fill_native(fill, out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> None:
+        optr, wptr = out.data_ptr(), weight.data_ptr()
+        split_call(lambda lo, hi: fill(optr, wptr, lo, hi, k1, k2), out.numel())
 
-    def _device_generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        gen = self._devices.get(key)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._devices[key] = gen
-        return gen
-
-    def _fill_cpu_(self, out: torch.Tensor, scale: torch.Tensor) -> None:
+    @staticmethod
+    def _fill_numpy(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> None:
         n = out.numel()
-        per = -(-n // _SUBSTREAMS)
-        spans = [(i * per, min(n, (i + 1) * per)) for i in range(_SUBSTREAMS)]
+        x = _h32_numpy(np.arange(-(-n // 2), dtype=np.uint32) ^ np.uint32(k1))
+        x += np.uint32(k2)
+        x = _h32_numpy(x)
+        lanes = np.empty(2 * len(x), dtype=np.uint32)
+        lanes[0::2], lanes[1::2] = x & np.uint32(0xFFFF), x >> np.uint32(16)
+        k = (lanes[:n] | np.uint32(1)).astype(np.float32).reshape(out.shape)
+        np.multiply(k, torch.sign(weight).numpy(), out=out.numpy())
 
-        def draw(i: int) -> np.ndarray:  # numpy releases the GIL here, so the sub-streams run in parallel
-            lo, hi = spans[i]
-            words = self._cpu[i].random_raw(-(-(hi - lo) // 4))
-            words |= _ODD_LANES  # each 16-bit lane becomes odd: 2j + 1, j uniform on 0..32767
-            return words.view(np.uint16)[: hi - lo]
-
-        if torch.get_num_threads() > 1 and n >= _PARALLEL_MIN:
-            lanes = list(_executor().map(draw, range(_SUBSTREAMS)))
-        else:
-            lanes = [draw(i) for i in range(_SUBSTREAMS)]
-        flat = out.view(-1)
-        for (lo, hi), k in zip(spans, lanes, strict=True):
-            flat[lo:hi].copy_(torch.from_numpy(k))
-        out.mul_(scale)  # (2j + 1) * unit * a * sign(W), unit = 1/65536
-
-    def fill_scaled_(self, out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if out.device.type == "cpu" and out.is_contiguous() and scale.is_contiguous():
-            self._fill_cpu_(out, scale)
-            return out
-        if out.device.type == "cpu":
-            tmp = torch.empty(out.shape, dtype=out.dtype)
-            self._fill_cpu_(tmp, scale.contiguous())
-            return out.copy_(tmp)
-        return out.uniform_(0.0, 1.0, generator=self._device_generator(out.device)).mul_(scale)
+    @staticmethod
+    def _fill_torch(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> torch.Tensor:
+        n = out.numel()
+        j = torch.arange(-(-n // 2), dtype=torch.int64, device=out.device)
+        x = _h32_torch((_h32_torch(j ^ k1) + k2) & _M32)
+        lanes = torch.stack([x & 0xFFFF, x >> 16], 1).reshape(-1)[:n]
+        k = (lanes | 1).to(out.dtype).view(out.shape)
+        return torch.mul(k, torch.sign(weight.detach()).to(out.dtype), out=out)
 
     def state_dict(self) -> dict:
-        cpu = []
-        for bg in self._cpu:
-            st = bg.state
-            cpu.append({
-                "words": torch.from_numpy(np.asarray(st["state"]["state"], dtype=np.uint64).view(np.int64).copy()),
-                "has_uint32": int(st["has_uint32"]),
-                "uinteger": int(st["uinteger"]),
-            })
-        return {"seed": self.seed, "cpu": cpu, "devices": {k: g.get_state() for k, g in self._devices.items()}}
+        return {"seed": self.seed, "draws": self.draws}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        restored = []
-        for st in state["cpu"]:
-            bg = np.random.SFC64()
-            bg.state = {
-                "bit_generator": "SFC64",
-                "state": {"state": st["words"].numpy().astype(np.int64).view(np.uint64)},
-                "has_uint32": int(st["has_uint32"]),
-                "uinteger": int(st["uinteger"]),
-            }
-            restored.append(bg)
-        if len(restored) != _SUBSTREAMS:
-            raise ValueError(f"brsf stream state has {len(restored)} sub-streams, expected {_SUBSTREAMS}")
-        self._cpu = restored
-        self._devices = {}
-        for key, gstate in state.get("devices", {}).items():
-            try:
-                gen = torch.Generator(device=key)
-            except RuntimeError:
-                continue  # saved on a device this process does not have: that stream restarts from the seed
-            gen.set_state(gstate)
-            self._devices[key] = gen
+        self.__init__(int(state["seed"]))
+        self.draws = int(state["draws"])

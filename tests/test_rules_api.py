@@ -153,7 +153,7 @@ def test_brsf_is_reproducible_and_its_stream_resumes_from_a_checkpoint():
 def test_brsf_magnitudes_are_uniform():
     stream = UniformStream(3)
     out = torch.empty(2_000_000)
-    stream.fill_scaled_(out, torch.full_like(out, UniformStream.unit(out.device)))
+    stream.fill_signed_(out, torch.ones_like(out)).mul_(UniformStream.unit_scale)
     assert out.min() > 0 and out.max() < 1
     assert abs(out.mean().item() - 0.5) < 2e-3
     assert abs(out.var().item() - 1 / 12) < 1e-3
@@ -233,3 +233,37 @@ def test_forward_error_restores_grad_mode():
     with pytest.raises(RuntimeError):
         model(bad)
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 1000, 300_001])
+def test_brsf_stream_is_identical_across_backends_and_threads(n):
+    sign = torch.randn(n)
+    sign[::7] = 0.0
+    sign[1::11] = -0.0
+    sign[2::13] = float("nan")
+    outs = {}
+    for backend in ("native", "numpy", "torch"):
+        if backend == "native":
+            from rules.kernels import native_fill
+
+            if native_fill() is None:
+                continue
+        s = UniformStream(5)
+        s.fill_signed_(torch.empty(10), torch.ones(10), backend=backend)  # advance the counter first
+        outs[backend] = s.fill_signed_(torch.empty(n), sign, backend=backend).clone()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        s = UniformStream(5)
+        s.fill_signed_(torch.empty(10), torch.ones(10))
+        outs["one thread"] = s.fill_signed_(torch.empty(n), sign).clone()
+    finally:
+        torch.set_num_threads(threads)
+    ref = outs["numpy"]
+    for name, out in outs.items():
+        assert torch.equal(out, ref), name
+    nonzero = torch.sign(sign) != 0
+    k = ref[nonzero].abs()
+    assert (k >= 1).all() and (k <= 65535).all() and (k % 2 == 1).all() and (ref[~nonzero] == 0).all()
+    assert torch.equal(torch.sign(ref), torch.sign(sign).nan_to_num(0.0))
+

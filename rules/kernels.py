@@ -1,0 +1,107 @@
+"""Native feedback kernels (rules/feedback_kernels.c), compiled on first use with the system C compiler.
+
+A plain C file loaded with ctypes: no torch headers, so it compiles in a fraction of a second, and ctypes releases
+the GIL, so Python threads run slices of a draw in parallel. No -march=native (the cached library may be shared by
+cluster nodes with different CPUs): target_clones dispatches to AVX-512/AVX2 at run time instead. Without a
+compiler, `rules.streams` computes the same numbers with numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+_SOURCE = Path(__file__).with_name("feedback_kernels.c")
+_loaded: ctypes.CDLL | None = None
+_failed: str | None = None
+_SIGNATURES = {
+    "sigsym_brsf_fill": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
+                         ctypes.c_uint32],
+}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("SIGSYM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sigsym"
+    )
+    return Path(base)
+
+
+def _library() -> ctypes.CDLL | None:
+    global _loaded, _failed
+    if os.environ.get("SIGSYM_NO_NATIVE"):
+        return None
+    if _loaded is None and _failed is None:
+        try:
+            lib = ctypes.CDLL(str(_build()))
+            for name, args in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, None
+            _loaded = lib
+        except (OSError, AttributeError, subprocess.SubprocessError, RuntimeError) as exc:
+            _failed = str(exc)
+    return _loaded
+
+
+def native_fill():
+    """`sigsym_brsf_fill`, or None (no compiler, or SIGSYM_NO_NATIVE set)."""
+    lib = _library()
+    return lib.sigsym_brsf_fill if lib is not None else None
+
+
+def why_not_native() -> str | None:
+    return _failed
+
+
+def _build() -> Path:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    src = _SOURCE.read_bytes()
+    tag = hashlib.sha256(src + f"{cc}|{platform.machine()}|{platform.system()}".encode()).hexdigest()[:16]
+    target = cache_dir() / f"feedback_kernels-{tag}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        base = [cc, "-O3", "-fPIC", "-shared", "-o", tmp, str(_SOURCE)]
+        try:
+            subprocess.run(base, check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError:  # a compiler without target_clones: portable baseline build
+            subprocess.run([*base, "-DSIGSYM_NO_CLONES"], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)  # atomic: concurrent trials compiling at once all end with one good file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+_pool = None
+PARALLEL_MIN = 1 << 18  # below this many elements a thread hand-off costs more than it saves
+
+
+def split_call(fn, n: int) -> None:
+    """fn(lo, hi) over [0, n) in two halves on two threads (ctypes drops the GIL), when torch may use 2+ threads.
+
+    The split point is even, so counter-based draws stay aligned on 32-bit words.
+    """
+    global _pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    if n < PARALLEL_MIN or torch.get_num_threads() < 2:
+        fn(0, n)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sigsym-kernel")
+    mid = (n // 2) & ~1
+    list(_pool.map(lambda span: fn(*span), [(0, mid), (mid, n)]))
