@@ -43,3 +43,16 @@ void sigsym_brsf_fill(float *out, const float *w, int64_t start, int64_t stop, u
     }
 }
 
+
+/* Bring B = mag * sign(W) (or scale * sign(W) when mag is NULL) up to date after a weight update, rewriting only
+ * the entries whose sign changed. A fine-tuning step flips few signs, so this reads W and B and writes almost
+ * nothing, where rebuilding B reads W and |M| and writes all of B. */
+SIGSYM_CLONES
+void sigsym_resign(float *b, const float *w, const float *mag, float scale, int64_t start, int64_t stop) {
+    for (int64_t i = start; i < stop; ++i) {
+        float s = sgn(w[i]);
+        if (s != sgn(b[i]) || (s != 0.0f && b[i] == 0.0f)) {
+            b[i] = (mag ? mag[i] : scale) * s;
+        }
+    }
+}

@@ -23,6 +23,8 @@ _failed: str | None = None
 _SIGNATURES = {
     "sigsym_brsf_fill": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
                          ctypes.c_uint32],
+    "sigsym_resign": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64,
+                      ctypes.c_int64],
 }
 
 
@@ -53,6 +55,23 @@ def native_fill():
     """`sigsym_brsf_fill`, or None (no compiler, or SIGSYM_NO_NATIVE set)."""
     lib = _library()
     return lib.sigsym_brsf_fill if lib is not None else None
+
+
+def resign_(b, w, mag=None, scale: float = 1.0) -> bool:
+    """Update b = (mag or scale) * sign(w) in place where the sign of w changed; False if it cannot (caller rebuilds).
+
+    b must already hold that function of an earlier w (same mag and scale).
+    """
+    lib = _library()
+    tensors = [b, w] + ([mag] if mag is not None else [])
+    if lib is None or any(t.device.type != "cpu" or t.dtype.itemsize != 4 or not t.is_contiguous()
+                          or not t.is_floating_point() for t in tensors):
+        return False
+    if any(t.numel() != b.numel() for t in tensors):
+        return False
+    bptr, wptr, mptr = b.data_ptr(), w.data_ptr(), (mag.data_ptr() if mag is not None else None)
+    split_call(lambda lo, hi: lib.sigsym_resign(bptr, wptr, mptr, scale, lo, hi), b.numel())
+    return True
 
 
 def why_not_native() -> str | None:

@@ -267,3 +267,22 @@ def test_brsf_stream_is_identical_across_backends_and_threads(n):
     assert (k >= 1).all() and (k <= 65535).all() and (k % 2 == 1).all() and (ref[~nonzero] == 0).all()
     assert torch.equal(torch.sign(ref), torch.sign(sign).nan_to_num(0.0))
 
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf"])
+def test_sign_flip_updates_equal_a_full_rebuild(rule):
+    """B is patched in place where signs flip after a step; it must equal B rebuilt from scratch."""
+    model = net()
+    h = rules.attach(model, rule, seed=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # big steps: many signs flip
+    for step in range(3):
+        fwd_bwd(model, seed=step)
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            model[3].weight[0, 0] = 0.0  # a weight that becomes exactly zero sends nothing back
+        fwd_bwd(model, seed=10 + step)  # uses (and updates) the cached B
+        for name, layer in h.layers.items():
+            patched = h.feedback(name)
+            layer.clear_derived()
+            assert torch.equal(patched, h.feedback(name)), f"{rule} {name} step {step}"
