@@ -122,14 +122,20 @@ class ShardReader:
         """Samples this rank yields per epoch (before drop_last)."""
         if self.cache:
             return len(self._rank_slice(np.arange(len(self._load_all().labels))))
-        if self.manifest.label_kind == "single":
-            counts = self.info.class_counts
-            kept = sum(counts.get(str(c), 0) for c in (self.classes or range(self.manifest.num_classes)))
-            return len(range(self.rank, kept, self.world_size))
-        raise TypeError("the length of a streamed multi-label split with a class subset is known only after a pass")
+        if self.classes is None:
+            kept = self.info.count
+        elif self.manifest.label_kind == "single":
+            kept = sum(self.info.class_counts.get(str(c), 0) for c in self.classes)
+        else:
+            raise TypeError("the length of a streamed multi-label split with a class subset is known only after a pass")
+        return len(range(self.rank, kept, self.world_size))
 
-    def num_batches(self) -> int:
-        n = len(self)
+    def num_batches(self) -> int | None:
+        """Batches per epoch for this rank, or None where that is unknown before a pass."""
+        try:
+            n = len(self)
+        except TypeError:
+            return None
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

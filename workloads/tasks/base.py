@@ -1,0 +1,35 @@
+"""The task contract: how many outputs the head has, the training loss, and how a model is scored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+
+
+class Task:
+    name: ClassVar[str]
+    # "classification" attacks use cross-entropy; hashing attacks (HAG, SDHA) use codes.
+    kind: ClassVar[str]
+
+    def __init__(self, num_classes: int, label_kind: str = "single", **options: Any) -> None:
+        self.num_classes = num_classes
+        self.label_kind = label_kind
+
+    @property
+    def num_outputs(self) -> int:
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, batches: Iterable, database: Iterable | None = None) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
