@@ -14,7 +14,7 @@ def _csv(value: str) -> list[str]:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure speed as ratios to a baseline run in the same process")
-    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data}")
+    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data,train}")
     r = which.add_parser(
         "rules",
         help="training-step and input-gradient cost of each learning rule vs plain PyTorch BP",
@@ -43,6 +43,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--pad", type=int, default=2, help="zero padding per side (default 2: 28 -> 32)")
     d.add_argument("--epochs", type=int, default=3)
     d.add_argument("--out", default="results/bench/data.json", help="JSON output (default: %(default)s)")
+    t = which.add_parser(
+        "train",
+        help="fine-tuning images/s per rule vs BP inside the real training loop, data loading included",
+    )
+    t.add_argument("folder", nargs="?", default="data/fashion-mnist", help="prepared shards (default: %(default)s)")
+    t.add_argument("--backbone", default="resnet18")
+    t.add_argument("--rules", type=_csv, default=None, help="comma list (default: every registered rule)")
+    t.add_argument("--classes", type=lambda s: [int(v) for v in _csv(s)], default=[5, 6, 7, 8, 9],
+                   help="target classes (default: 5,6,7,8,9, the embedded default's fine-tuning split)")
+    t.add_argument("--pad", type=int, default=2)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--rounds", type=int, default=15)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", default="results/bench/train.json", help="JSON output (default: %(default)s)")
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +151,20 @@ def _run_bench(args: argparse.Namespace) -> int:
         result = bench_data.run(args.folder, split=args.split, batch_size=args.batch_size, pad=args.pad,
                                 epochs=args.epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(bench_data.format_table(result))
+        print(f"wrote {write_json(result, args.out)}")
+        return 0
+    if args.bench == "train":
+        import rules
+        from harness.bench import train as bench_train
+        from harness.bench.rules import write_json
+
+        names = args.rules or rules.available_rules()
+        for n in names:
+            rules.get_rule(n)
+        result = bench_train.run(args.folder, names, backbone=args.backbone, classes=args.classes, pad=args.pad,
+                                 batch_size=args.batch_size, rounds=args.rounds, device=args.device,
+                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(bench_train.format_table(result))
         print(f"wrote {write_json(result, args.out)}")
         return 0
     raise AssertionError(args.bench)

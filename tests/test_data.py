@@ -119,7 +119,7 @@ def test_prepare_twice_does_no_work_and_detects_a_changed_source(tmp_path):
 def test_missing_source_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist.*--download"):
         prepare("fashion-mnist", tmp_path / "out", src=tmp_path / "nothing")
-    with pytest.raises(DataError, match="unknown dataset 'mnist'; known: cifar10, cifar100, fashion-mnist"):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; known datasets: cifar10, cifar100, fashion-mnist"):
         prepare("mnist", tmp_path / "out")
 
 

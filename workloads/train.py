@@ -69,7 +69,7 @@ class Loaded:
     checkpoint: dict
 
 
-def _reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int) -> ShardReader:
+def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int) -> ShardReader:
     data = cfg["data"]
     manifest = load_manifest(data["root"])
     fixed = manifest.image.get("height")
@@ -96,10 +96,27 @@ def _check_finite(value: float, stage: str, epoch: int, step: int) -> None:
         )
 
 
+def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device) -> float:
+    """One optimisation step on a CPU batch; returns the loss (checked finite by the caller)."""
+    amp = device.type == "cuda"
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if amp:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+    loss = task.loss(out.float(), y)
+    value = loss.item()
+    if math.isfinite(value):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return value
+
+
 def _fit(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.optim.Optimizer, epochs: int,
          stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None) -> list:
     history = []
-    amp = device.type == "cuda"
     for epoch in range(epochs):
         reader.set_epoch(epoch)
         model.train()
@@ -107,17 +124,8 @@ def _fit(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.opt
         bar = tqdm(reader, total=reader.num_batches(), desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch",
                    file=sys.stderr, disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if amp:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
-            loss = task.loss(out.float(), y)
-            value = loss.item()
+            value = train_step(model, task, opt, x, y, device)
             _check_finite(value, stage, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             total += value * len(y)
             n += len(y)
             if step % 10 == 0:
@@ -149,10 +157,10 @@ def pretrain(config: dict, out: str | Path, progress: bool = True,
     model = _prepare_model(backbones.build(cfg["backbone"], num_classes, cfg.get("weights")), device)
     task = get_task("classification")(num_classes)
     train_split, test_split, _ = _split_names(cfg["data"]["root"])
-    reader = _reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, p["batch_size"], seed)
+    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, p["batch_size"], seed)
     opt = torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     history = _fit(model, task, reader, opt, p["epochs"], "pretrain", device, progress, on_epoch)
-    test = _reader(cfg, test_split, classes, cfg["data"].get("test_limit"), False, 256, seed)
+    test = make_reader(cfg, test_split, classes, cfg["data"].get("test_limit"), False, 256, seed)
     metrics = task.evaluate(_Eval(model, device), test)
     return save_checkpoint({
         "kind": "pretrain", "config": cfg, "model": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -195,7 +203,7 @@ def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | 
         {"params": model.head_parameters(), "lr": f["lr_head"]},
     ], betas=(0.9, 0.999), weight_decay=f["weight_decay"])
     train_split, _, _ = _split_names(cfg["data"]["root"])
-    reader = _reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed)
+    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed)
     history = _fit(model, task, reader, opt, f["epochs"], f"finetune[{rule}]", device, progress, on_epoch)
     ckpt = {
         "kind": "finetune", "rule": rule, "config": cfg, "pretrained": str(pretrained) if pretrained else None,
@@ -237,10 +245,10 @@ def _evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
     data, seed = cfg["data"], int(cfg["seed"])
     classes = data.get("target_classes")
     train_split, test_split, db_split = _split_names(data["root"])
-    test = _reader(cfg, test_split, classes, data.get("test_limit"), False, 256, seed)
+    test = make_reader(cfg, test_split, classes, data.get("test_limit"), False, 256, seed)
     model = _Eval(loaded.model, device)
     if task.kind == "hashing":
-        db = _reader(cfg, db_split, classes, data.get("db_limit"), False, 256, seed)
+        db = make_reader(cfg, db_split, classes, data.get("db_limit"), False, 256, seed)
         return task.evaluate(model, test, db)
     return task.evaluate(model, test)
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from workloads.backbones.base import BackboneSpec
+from workloads.registry import Registry
 
-_BACKBONES: dict[str, BackboneSpec] = {}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "backbones")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    _BACKBONES[spec.name] = spec
-    return spec
+    return BACKBONES.add(spec.name, spec)
 
 
-def available_backbones() -> list[str]:
-    return sorted(_BACKBONES)
-
-
-def get_backbone(name: str) -> BackboneSpec:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(available_backbones())}") from None
+available_backbones = BACKBONES.names
+get_backbone = BACKBONES.get

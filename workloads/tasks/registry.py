@@ -1,19 +1,13 @@
 from __future__ import annotations
 
-_TASKS: dict[str, type] = {}
+from workloads.registry import Registry
+
+TASKS: Registry[type] = Registry("task", "tasks")
 
 
 def register_task(cls: type) -> type:
-    _TASKS[cls.name] = cls
-    return cls
+    return TASKS.add(cls.name, cls)
 
 
-def available_tasks() -> list[str]:
-    return sorted(_TASKS)
-
-
-def get_task(name: str) -> type:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}") from None
+available_tasks = TASKS.names
+get_task = TASKS.get

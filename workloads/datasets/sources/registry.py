@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from workloads.datasets.errors import DataError
+from workloads.registry import Registry
 
-_SOURCES: dict[str, type] = {}
+SOURCES: Registry[type] = Registry("dataset", "datasets", error=DataError)
 
 
 def register_source(cls: type) -> type:
-    _SOURCES[cls.name] = cls
-    return cls
+    return SOURCES.add(cls.name, cls)
 
 
-def available_sources() -> list[str]:
-    return sorted(_SOURCES)
-
-
-def get_source(name: str) -> type:
-    try:
-        return _SOURCES[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(available_sources())}") from None
+available_sources = SOURCES.names
+get_source = SOURCES.get
