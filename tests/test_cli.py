@@ -53,3 +53,14 @@ def test_bench_rules_runs_and_writes_json(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     assert [r["rule"] for r in rows] == ["bp", "brsf"] and all(r["train_ratio"] > 0 for r in rows)
     assert "train x BP" in capsys.readouterr().out
+
+
+def test_bench_train_runs_inside_the_real_loop(tmp_path, capsys):
+    write_fmnist(tmp_path / "src", n_train=64, n_test=8)
+    out = str(tmp_path / "fm")
+    assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", out]) == 0
+    path = tmp_path / "t.json"
+    assert main(["bench", "train", out, "--rules", "usf", "--rounds", "2", "--batch-size", "8",
+                 "--out", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["rows"][0]["rule"] == "usf" and result["rows"][0]["images_per_s"] > 0
