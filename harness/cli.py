@@ -81,6 +81,56 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     which.add_parser("list", help="list the dataset adapters")
 
 
+DEFAULT_STAGE_CONFIG = str(Path(__file__).resolve().parent.parent / "workloads" / "configs"
+                           / "fashion-mnist-transfer.yaml")
+
+
+def _add_stage(sub: argparse._SubParsersAction) -> None:
+    stage = sub.add_parser("stage", help="run one stage (pretrain, finetune, evaluate) directly, without Ray")
+    which = stage.add_subparsers(dest="stage", required=True, metavar="{pretrain,finetune,evaluate}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=DEFAULT_STAGE_CONFIG,
+                       help="YAML stage config (default: the embedded Fashion-MNIST class-split transfer)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, dotted keys, YAML values (e.g. --set finetune.epochs=1)")
+        p.add_argument("--out", required=True, help="checkpoint to write")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = which.add_parser("pretrain", help="BP training on the source classes")
+    common(p)
+    f = which.add_parser("finetune", help="new head, every layer fine-tuned under a learning rule; evaluates")
+    f.add_argument("pretrained", nargs="?", default=None, help="pretrain checkpoint (default: config's weights)")
+    f.add_argument("--rule", required=True, help="bp, fa, usf, frsf, brsf")
+    common(f)
+    e = which.add_parser("evaluate", help="clean top-1 or mAP@k of a fine-tuned checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--device", default="auto")
+
+
+def load_stage_config(path: str, overrides: list[str]) -> dict:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path} is not valid YAML: {exc}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -88,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
+    _add_stage(sub)
     _add_bench(sub)
     return parser
 
@@ -122,6 +173,31 @@ def _run_data(args: argparse.Namespace) -> int:
 
     print(("wrote " if wrote else "up to date (source unchanged), nothing written: ") + str(out))
     print(describe(manifest))
+    return 0
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.runtime import tune_allocator
+    from workloads import train
+    from workloads.checkpoint import load_checkpoint
+
+    tune_allocator()
+    if args.stage == "evaluate":
+        print(json.dumps(train.evaluate(args.checkpoint, device=args.device), indent=1))
+        return 0
+    cfg = load_stage_config(args.config, args.set)
+    try:
+        if args.stage == "pretrain":
+            path = train.pretrain(cfg, args.out, progress=not args.quiet)
+        else:
+            path = train.finetune(args.pretrained, args.rule, cfg, args.out, progress=not args.quiet)
+    except train.DivergenceError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 3
+    ckpt = load_checkpoint(path)
+    print(json.dumps({"checkpoint": str(path), "metrics": ckpt["metrics"], "history": ckpt["history"]}, indent=1))
     return 0
 
 
@@ -177,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_bench(args)
         if args.command == "data":
             return _run_data(args)
+        if args.command == "stage":
+            return _run_stage(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2

@@ -64,3 +64,21 @@ def test_bench_train_runs_inside_the_real_loop(tmp_path, capsys):
                  "--out", str(path)]) == 0
     result = json.loads(path.read_text())
     assert result["rows"][0]["rule"] == "usf" and result["rows"][0]["images_per_s"] > 0
+
+
+def test_stage_commands_with_overrides(tmp_path, capsys):
+    write_fmnist(tmp_path / "src", n_train=40, n_test=20)
+    shards = str(tmp_path / "fm")
+    assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", shards]) == 0
+    common = ["--set", f"data.root={shards}", "--set", "device=cpu", "--set", "data.train_limit=16",
+              "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", "--quiet"]
+    assert main(["stage", "pretrain", *common, "--out", str(tmp_path / "pre.pt")]) == 0
+    capsys.readouterr()
+    assert main(["stage", "finetune", str(tmp_path / "pre.pt"), "--rule", "frsf", *common,
+                 "--set", "task.name=hashing", "--set", "task.bits=16", "--out", str(tmp_path / "ft.pt")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["metrics"]["map"] <= 1 and out["metrics"]["bits"] == 16
+    assert main(["stage", "evaluate", str(tmp_path / "ft.pt"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(out["metrics"]["map"])
+    assert main(["stage", "pretrain", "--set", "novalue", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
