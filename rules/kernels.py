@@ -15,7 +15,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 _SOURCE = Path(__file__).with_name("feedback_kernels.c")
 _loaded: ctypes.CDLL | None = None
@@ -103,7 +106,7 @@ def _build() -> Path:
     return target
 
 
-_pool = None
+_pool: ThreadPoolExecutor | None = None
 PARALLEL_MIN = 1 << 18  # below this many elements a thread hand-off costs more than it saves
 
 
@@ -113,10 +116,6 @@ def split_call(fn, n: int) -> None:
     The split point is even, so counter-based draws stay aligned on 32-bit words.
     """
     global _pool
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
     if n < PARALLEL_MIN or torch.get_num_threads() < 2:
         fn(0, n)
         return
