@@ -201,17 +201,24 @@ def _run_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rule_names(requested: list[str] | None) -> list[str]:
+    """The requested rules (default: all), checked before any model is built."""
+    import rules
+
+    names = requested or rules.available_rules()
+    for n in names:
+        rules.get_rule(n)
+    return names
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from harness.runtime import tune_allocator
 
     tune_allocator()
     if args.bench == "rules":
-        import rules
         from harness.bench import rules as bench_rules
 
-        names = args.rules or rules.available_rules()
-        for n in names:
-            rules.get_rule(n)  # unknown names fail here, before any model is built
+        names = _rule_names(args.rules)
         result = bench_rules.run(
             args.backbones, names, device=args.device, rounds=args.rounds, image_size=args.image_size,
             batch_size=args.batch_size, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True),
@@ -230,13 +237,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {write_json(result, args.out)}")
         return 0
     if args.bench == "train":
-        import rules
         from harness.bench import train as bench_train
         from harness.bench.rules import write_json
 
-        names = args.rules or rules.available_rules()
-        for n in names:
-            rules.get_rule(n)
+        names = _rule_names(args.rules)
         result = bench_train.run(args.folder, names, backbone=args.backbone, classes=args.classes, pad=args.pad,
                                  batch_size=args.batch_size, rounds=args.rounds, device=args.device,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from rules.base import Rule
 
 _RULES: dict[str, type[Rule]] = {}
@@ -29,5 +27,3 @@ def get_rule(name: str) -> type[Rule]:
             f"unknown learning rule {name!r}; known rules: {', '.join(available_rules())}"
         ) from None
 
-
-RuleFactory = Callable[[], Rule]

@@ -6,7 +6,6 @@ leaves shards that look complete. An unchanged source (same fingerprint, same op
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -165,6 +164,3 @@ def describe(manifest: Manifest) -> str:
         rows.append(f"  {split}: {info.count} samples in {len(info.shards)} shards")
     return "\n".join(rows)
 
-
-def manifest_summary(manifest: Manifest) -> dict:
-    return json.loads(manifest.to_json())

@@ -37,7 +37,6 @@ CACHE_LIMIT_BYTES = 2 << 30
 class _Decoded:
     images: list[np.ndarray] | np.ndarray  # uint8 HxWxC each (stacked when sizes agree)
     labels: list  # int or list[int]
-    keys: list[str]
 
 
 def _read_bytes(location: str) -> bytes:
@@ -153,7 +152,7 @@ class ShardReader:
         data = _read_bytes(where)
         if self.verify and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
             raise DataError(self._locate_damage(shard, data))
-        images, labels, keys = [], [], []
+        images, labels = [], []
         pending: dict[str, dict[str, bytes]] = {}
         for member, payload in iter_tar(data, where):
             key, _, ext = member.partition(".")
@@ -171,11 +170,10 @@ class ShardReader:
                 continue
             images.append(decode_image(fields[img_ext], f"shard {where}, sample {key!r}", self._decode_channels()))
             labels.append(label)
-            keys.append(key)
         if pending:
             key, fields = next(iter(pending.items()))
             raise DataError(f"shard {where}, sample {key!r}: incomplete sample (only {sorted(fields)})")
-        return _Decoded(images, labels, keys)
+        return _Decoded(images, labels)
 
     def _locate_damage(self, shard: ShardInfo, data: bytes) -> str:
         where = self._shard_path(shard)
@@ -215,21 +213,20 @@ class ShardReader:
     # -- cached mode ---------------------------------------------------------------------------------------------
     def _load_all(self) -> _Decoded:
         if self._cached is None:
-            images, labels, keys = [], [], []
+            images, labels = [], []
             for shard in self.info.shards:
                 d = self._read_shard(shard)
                 images += d.images
                 labels += d.labels
-                keys += d.keys
                 if self.limit is not None and len(labels) >= self.limit:
                     break
             if self.limit is not None:
-                images, labels, keys = images[: self.limit], labels[: self.limit], keys[: self.limit]
+                images, labels = images[: self.limit], labels[: self.limit]
             if not labels:
                 raise DataError(f"{self.root}: split {self.split!r} has no sample of classes {self.classes}")
             if self.manifest.image.get("height") is not None:
                 images = np.stack(images)
-            self._cached = _Decoded(images, labels, keys)
+            self._cached = _Decoded(images, labels)
         return self._cached
 
     def _rank_slice(self, order: np.ndarray) -> np.ndarray:
