@@ -1,18 +1,22 @@
-"""Gradient attacks with the gradient source as an axis: budgets, eps = 0, rule vs exact, config errors."""
+"""Attacks: budgets, eps = 0, strength, gradient sources, hashing attacks, black-box without backward, config errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from datagen import write_fmnist
+from torch import nn
 
-from workloads.attacks import attack, validate
+import rules
+from workloads.attacks import AttackContext, attack, attack_checkpoint, get_attack, gradient_cosine, validate
 from workloads.datasets import ShardReader, prepare
-from workloads.train import finetune, load_model
+from workloads.tasks import get_task
+from workloads.train import Loaded, finetune, load_model
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    """Fashion-MNIST-format checkpoints (bp and frsf) from the real stage functions, on tiny synthetic data."""
     root = tmp_path_factory.mktemp("atk")
     write_fmnist(root / "src", n_train=48, n_test=24)
     prepare("fashion-mnist", root / "fm", src=root / "src")
@@ -20,38 +24,94 @@ def models(tmp_path_factory):
            "finetune": {"epochs": 1, "batch_size": 8}}
     paths = {r: finetune(None, r, cfg, root / f"{r}.pt", progress=False) for r in ("bp", "frsf")}
     batches = list(ShardReader(str(root / "fm"), "test", batch_size=12, limit=12, pad=2))
-    return {r: load_model(p) for r, p in paths.items()}, batches
+    return {r: load_model(p) for r, p in paths.items()}, batches, paths
+
+
+def _templates(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of `classes` fixed random templates plus noise: learnable in a few hundred steps, on a CPU."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(classes, 3, 12, 12, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = (0.6 * templates[y] + 0.4 * torch.rand(n, 3, 12, 12, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def _small_net(outputs: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(128, outputs))
+
+
+def _trained(task, rule: str = "bp", steps: int = 150, seed: int = 0) -> tuple[Loaded, list]:
+    torch.manual_seed(seed)
+    model = _small_net(task.num_outputs)
+    handle = rules.attach(model, rule, seed=seed)
+    x, y = _templates(512, task.num_classes, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        i = torch.arange(step * 64, step * 64 + 64) % len(x)
+        opt.zero_grad()
+        task.loss(model(x[i]), y[i]).backward()
+        opt.step()
+    model.eval()
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 128, 64)]
+    return Loaded(model, handle, task, {}, {}), batches
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return _trained(get_task("classification")(4))
+
+
+@pytest.fixture(scope="module")
+def hasher():
+    loaded, _ = _trained(get_task("hashing")(4, bits=16, seed=0), steps=200)
+    x, y = _templates(512, 4, 0)
+    queries = [(x[:64], y[:64])]
+    database = [(x[64:], y[64:])]
+    return loaded, queries, database
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd"])
 @pytest.mark.parametrize("source", ["rule", "exact", "transfer"])
 def test_budget_and_eps_zero(models, name, source):
-    loaded, batches = models
+    loaded, batches, _ = models
     rows = attack(loaded["frsf"], name, source, [0.0, 0.03, 0.2], batches, sibling=loaded["bp"])
     assert rows[0]["robust_acc"] == rows[0]["clean_acc"] and rows[0]["linf"] == 0
     for row in rows[1:]:
         assert row["linf"] <= row["eps"] + 1e-6 and 0 <= row["robust_acc"] <= 1
 
 
-def test_adversarial_images_stay_in_the_box(models):
-    loaded, batches = models
-    from workloads.attacks import get_attack
-
+@pytest.mark.parametrize("name,params", [("pgd", {"steps": 3}), ("fgsm", {}), ("apgd", {"steps": 3}),
+                                         ("square", {"queries": 30})])
+def test_adversarial_images_stay_in_the_box(classifier, name, params):
+    loaded, batches = classifier
     x, y = batches[0]
-    craft = get_attack("pgd").build(loaded["frsf"].model, 0.3, {"steps": 3})
+    spec = get_attack(name)
+    craft = spec.build(loaded.model, 0.3, {**spec.defaults, **params}, AttackContext(loaded.task))
     x_adv = craft(x, y)
     assert x_adv.min() >= 0 and x_adv.max() <= 1 and (x_adv - x).abs().max() <= 0.3 + 1e-6
 
 
+def test_pgd_is_at_least_as_strong_as_fgsm_and_breaks_a_bp_model(classifier):
+    loaded, batches = classifier
+    grid = [0.0, 0.05, 0.1, 0.3]
+    fgsm = attack(loaded, "fgsm", "rule", grid, batches)
+    pgd = attack(loaded, "pgd", "rule", grid, batches, params={"steps": 20})
+    assert fgsm[0]["clean_acc"] >= 0.95  # the model learned the task
+    for f, p in zip(fgsm, pgd, strict=True):
+        assert p["robust_acc"] <= f["robust_acc"] + 1e-9, (f, p)
+    assert pgd[-1]["robust_acc"] <= 0.05
+    assert pgd[-1]["queries"] == 20  # one forward per gradient step, per image
+
+
 def test_exact_equals_rule_on_bp_and_differs_on_frsf(models):
-    loaded, batches = models
+    loaded, batches, _ = models
+    x, y = batches[0]
     for rule, same in (("bp", True), ("frsf", False)):
         a = attack(loaded[rule], "fgsm", "rule", [0.1], batches)[0]
         b = attack(loaded[rule], "fgsm", "exact", [0.1], batches)[0]
-        x, y = batches[0]
-        from workloads.attacks import get_attack
-
-        craft = get_attack("fgsm").build(loaded[rule].model, 0.1, {})
+        craft = get_attack("fgsm").build(loaded[rule].model, 0.1, {}, AttackContext(loaded[rule].task))
         adv_rule = craft(x, y)
         with loaded[rule].handle.exact():
             adv_exact = craft(x, y)
@@ -60,12 +120,94 @@ def test_exact_equals_rule_on_bp_and_differs_on_frsf(models):
             assert a == {**b, "source": "rule"}
 
 
+def test_gradient_cosine_is_one_for_bp_and_not_for_frsf(models):
+    loaded, batches, _ = models
+    assert gradient_cosine(loaded["bp"], batches)["input_grad_cosine_min"] > 1 - 1e-5
+    assert gradient_cosine(loaded["frsf"], batches)["input_grad_cosine_mean"] < 0.99
+
+
+@pytest.mark.parametrize("name", ["hag", "sdha"])
+def test_hashing_attacks_lower_map_within_budget(hasher, name):
+    loaded, queries, database = hasher
+    rows = attack(loaded, name, "exact", [0.0, 0.1, 0.3], queries, database=database, params={"steps": 40})
+    assert rows[0]["map"] == rows[0]["clean_map"] > 0.9 and rows[0]["hamming"] == 0
+    assert rows[-1]["map"] < rows[0]["map"] - 0.3, rows
+    for row in rows:
+        assert row["linf"] <= row["eps"] + 1e-6
+    x, y = queries[0]
+    spec = get_attack(name)
+    ctx = AttackContext(loaded.task, references=(torch.ones(8, 16), torch.zeros(8, dtype=torch.long)))
+    x_adv = spec.build(loaded.model, 0.1, {**spec.defaults, "steps": 5}, ctx)(x, y)
+    assert 0 <= x_adv.min() and x_adv.max() <= 1 and (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+@pytest.fixture
+def no_backward(monkeypatch):
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a black-box attack called backward")
+
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    monkeypatch.setattr(torch.autograd, "backward", refuse)
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("name,params", [("boundary", {"steps": 30}),
+                                         ("hsja", {"steps": 3, "initial_gradient_eval_steps": 10,
+                                                   "max_gradient_eval_steps": 20}),
+                                         ("square", {"queries": 30})])
+def test_black_box_attacks_never_call_backward(classifier, no_backward, name, params):
+    loaded, batches = classifier
+    hooked = []
+    handles = [m.register_full_backward_hook(lambda *a: hooked.append(1)) for m in loaded.model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        rows = attack(loaded, name, None, [0.0, 0.1, 0.5], batches[:1], params=params)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not no_backward and not hooked
+    assert rows[0]["robust_acc"] == rows[0]["clean_acc"]
+    assert rows[-1]["robust_acc"] <= rows[1]["robust_acc"] <= rows[0]["robust_acc"]
+    assert rows[-1]["queries"] > 0
+    if name != "square":  # minimal attacks: the curve comes from one run, perturbations within each eps
+        assert rows[1]["linf"] <= 0.1 + 1e-6 and rows[-1]["success_rate"] > 0
+
+
+def test_attack_checkpoint_end_to_end(models):
+    _, _, paths = models
+    out = attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.0, 0.1], {"n": 12, "batch_size": 6,
+                                                                         "params": {"steps": 2}},
+                            sibling=paths["bp"])
+    assert [r["eps"] for r in out["rows"]] == [0.0, 0.1] and out["rule"] == "frsf"
+    assert out["rows"][0]["n"] == 12 and "input_grad_cosine_mean" in out["diagnostics"]
+    again = attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.0, 0.1], {"n": 12, "batch_size": 6,
+                                                                           "params": {"steps": 2}},
+                              sibling=paths["bp"])
+    assert again["rows"] == out["rows"]  # seeded
+    with pytest.raises(ValueError, match="needs the BP-fine-tuned sibling"):
+        attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.1], {"n": 4})
+    with pytest.raises(ValueError, match="unknown attack-stage key"):
+        attack_checkpoint(paths["frsf"], "pgd", "rule", [0.1], {"images": 4})
+
+
 def test_config_errors_come_before_compute():
     with pytest.raises(ValueError, match="eps 1.5 is outside"):
         validate("pgd", "classification", "rule", [0.1, 1.5])
+    with pytest.raises(ValueError, match="eps -0.1 is outside"):
+        validate("fgsm", "classification", "rule", [-0.1])
     with pytest.raises(ValueError, match="gradient source 'sideways'"):
         validate("pgd", "classification", "sideways", [0.1])
     with pytest.raises(ValueError, match="attack 'pgd' does not apply to a hashing model"):
         validate("pgd", "hashing", "rule", [0.1])
-    with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: fgsm, pgd"):
+    with pytest.raises(ValueError, match="attack 'hag' does not apply to a classification model"):
+        validate("hag", "classification", "rule", [0.1])
+    with pytest.raises(ValueError, match="'boundary' queries outputs only"):
+        validate("boundary", "classification", "exact", [0.1])
+    with pytest.raises(ValueError, match="unknown parameter.*stepz.*allowed: alpha_factor, random_start, steps"):
+        validate("pgd", "classification", "rule", [0.1], {"stepz": 3})
+    with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: apgd, autoattack, boundary"):
         validate("cw2", "classification", "rule", [0.1])

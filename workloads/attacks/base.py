@@ -5,6 +5,13 @@ the crafting model (PROTOCOL.md section 4):
 - `rule`: the target as trained, differentiated through its rule's backward (the paper's protocol);
 - `exact`: the same weights with exact autograd (`handle.exact()`): the honest white-box number;
 - `transfer`: the BP-fine-tuned sibling (same backbone, data, seed); the examples are then scored on the target.
+
+Families:
+- `gradient`: white-box on a classifier (fgsm, pgd, apgd, autoattack); takes a gradient source;
+- `hashing`: white-box on a hashing model (hag, sdha); takes a gradient source;
+- `score`: queries output scores only (square); no gradient source;
+- `decision`: queries the predicted label only and *minimises* the perturbation (boundary, hsja); one run gives the
+  whole eps curve (an image counts as robust at eps when no adversarial was found within eps).
 """
 
 from __future__ import annotations
@@ -15,28 +22,61 @@ from dataclasses import dataclass, field
 import torch
 
 GRADIENT_SOURCES = ("rule", "exact", "transfer")
+FAMILIES = ("gradient", "hashing", "score", "decision")
+
+# craft(x, y) -> x_adv in [0, 1]; decision attacks return (x_adv, found) with found a bool per image
+Craft = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class AttackContext:
+    """What an attack may need besides the model: the task, and for retrieval attacks the attacker's database."""
+
+    task: object
+    seed: int = 0
+    # (codes in {-1, +1}, labels) of retrieval items as the *crafting* model encodes them (SDHA's relevant sets)
+    references: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    family: str  # "gradient" (needs a gradient source), "decision" (queries outputs only), "hashing"
+    family: str
     tasks: tuple[str, ...]  # task kinds it applies to
-    # (model, eps, params) -> craft(x, y) -> x_adv, everything in [0, 1] pixels
-    build: Callable[[torch.nn.Module, float, dict], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    # (crafting model, eps (None for decision attacks), params, context) -> craft
+    build: Callable[[torch.nn.Module, float | None, dict, AttackContext], Craft]
     defaults: dict = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"attack {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
 
     @property
     def needs_gradient_source(self) -> bool:
         return self.family in ("gradient", "hashing")
 
+    @property
+    def minimal(self) -> bool:
+        """Minimum-norm attack: run once, read every eps point off the perturbation sizes."""
+        return self.family == "decision"
+
 
 def check_eps(eps_grid: list[float]) -> list[float]:
     out = []
     for e in eps_grid:
-        e = float(e)
+        try:
+            e = float(e)
+        except (TypeError, ValueError):
+            raise ValueError(f"eps {e!r} is not a number: budgets are L-inf distances in [0, 1] pixel space") from None
         if not 0.0 <= e <= 1.0:
             raise ValueError(f"eps {e} is outside [0, 1]: budgets are L-inf distances in [0, 1] pixel space")
         out.append(e)
+    if not out:
+        raise ValueError("the eps grid is empty: give at least one budget, e.g. [0, 0.05, 0.1]")
     return out
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Into the L-inf ball of radius eps around x, then into [0, 1] (after every step of a hand-written attack)."""
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)

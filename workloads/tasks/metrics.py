@@ -19,10 +19,16 @@ def map_at_k(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: to
     Codes are in {-1, +1}. Ties in Hamming distance keep database order (a stable sort), so the number is
     reproducible. A query with no relevant item in its top k adds 0 and still counts, as in CalcTopMap.
     """
+    return float(average_precision_at_k(query_codes, db_codes, query_labels, db_labels, k, chunk).mean())
+
+
+def average_precision_at_k(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: torch.Tensor,
+                           db_labels: torch.Tensor, k: int | None = None, chunk: int = 256) -> torch.Tensor:
+    """AP@k of every query (the terms map_at_k averages)."""
     n_db, bits = db_codes.shape
     k = n_db if k is None or k <= 0 else min(k, n_db)
     db = db_codes.float()
-    total = 0.0
+    out = []
     for start in range(0, len(query_codes), chunk):
         q = query_codes[start : start + chunk].float()
         hamming = 0.5 * (bits - q @ db.t())
@@ -33,5 +39,5 @@ def map_at_k(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: to
         cum = hits.cumsum(1)
         n_rel = hits.sum(1)
         ap = (cum / ranks * hits).sum(1) / n_rel.clamp(min=1)
-        total += float(ap.sum())
-    return total / len(query_codes)
+        out.append(ap)
+    return torch.cat(out)
