@@ -14,7 +14,7 @@ def _csv(value: str) -> list[str]:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure speed as ratios to a baseline run in the same process")
-    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data,train}")
+    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data,train,attacks}")
     r = which.add_parser(
         "rules",
         help="training-step and input-gradient cost of each learning rule vs plain PyTorch BP",
@@ -57,6 +57,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--rounds", type=int, default=15)
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", default="results/bench/train.json", help="JSON output (default: %(default)s)")
+    a = which.add_parser(
+        "attacks",
+        help="PGD through the harness vs torchattacks directly; a rule's input gradient vs the exact one",
+        description="For each rule, on one rule-attached model: PGD over the same batches through "
+        "workloads.attacks.attack and through a direct torchattacks loop (ratio = harness overhead), and the "
+        "input-gradient step through the rule's backward vs handle.exact() (the cost of the 'rule' gradient "
+        "source). Interleaved in one process; runs without Ray; works on CUDA.",
+    )
+    a.add_argument("--rules", type=_csv, default=None, help="comma list (default: every registered rule)")
+    a.add_argument("--backbone", default="resnet18")
+    a.add_argument("--image-size", type=int, default=32)
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--batches", type=int, default=2, help="batches per PGD run (default: 2)")
+    a.add_argument("--steps", type=int, default=5, help="PGD steps (default: 5)")
+    a.add_argument("--rounds", type=int, default=10)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="results/bench/attacks.json", help="JSON output (default: %(default)s)")
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -86,8 +103,8 @@ DEFAULT_STAGE_CONFIG = str(Path(__file__).resolve().parent.parent / "workloads" 
 
 
 def _add_stage(sub: argparse._SubParsersAction) -> None:
-    stage = sub.add_parser("stage", help="run one stage (pretrain, finetune, evaluate) directly, without Ray")
-    which = stage.add_subparsers(dest="stage", required=True, metavar="{pretrain,finetune,evaluate}")
+    stage = sub.add_parser("stage", help="run one stage (pretrain, finetune, evaluate, attack) directly, without Ray")
+    which = stage.add_subparsers(dest="stage", required=True, metavar="{pretrain,finetune,evaluate,attack}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=DEFAULT_STAGE_CONFIG,
@@ -106,6 +123,23 @@ def _add_stage(sub: argparse._SubParsersAction) -> None:
     e = which.add_parser("evaluate", help="clean top-1 or mAP@k of a fine-tuned checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--device", default="auto")
+    a = which.add_parser("attack", help="robustness of a fine-tuned checkpoint to one attack over an eps grid",
+                         description="Attacks the first N target test images at every eps of the grid and prints one "
+                         "row per eps (robust accuracy or mAP, success rate, perturbation sizes, queries) plus the "
+                         "cosine between the rule's and the exact input gradient.")
+    a.add_argument("checkpoint")
+    a.add_argument("--attack", required=True, help="fgsm, pgd, apgd, autoattack, square, boundary, hsja, hag, sdha")
+    a.add_argument("--source", default=None,
+                   help="gradient source for white-box attacks: rule (the paper's), exact, transfer")
+    a.add_argument("--sibling", default=None, help="the BP-fine-tuned twin checkpoint (needed by --source transfer)")
+    a.add_argument("--eps", type=lambda s: [float(v) for v in _csv(s)], default=[0.0, 0.02, 0.05, 0.1, 0.2],
+                   help="comma list of L-inf budgets in [0, 1] (default: 0,0.02,0.05,0.1,0.2)")
+    a.add_argument("-n", "--images", type=int, default=500, help="test images attacked (default: 500)")
+    a.add_argument("--batch-size", type=int, default=250)
+    a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="an attack parameter, e.g. --param steps=50 (see the attack's defaults in the error)")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default=None, help="also write the result as JSON here")
 
 
 def load_stage_config(path: str, overrides: list[str]) -> dict:
@@ -187,6 +221,8 @@ def _run_stage(args: argparse.Namespace) -> int:
     if args.stage == "evaluate":
         print(json.dumps(train.evaluate(args.checkpoint, device=args.device), indent=1))
         return 0
+    if args.stage == "attack":
+        return _run_attack(args)
     cfg = load_stage_config(args.config, args.set)
     try:
         if args.stage == "pretrain":
@@ -198,6 +234,36 @@ def _run_stage(args: argparse.Namespace) -> int:
         return 3
     ckpt = load_checkpoint(path)
     print(json.dumps({"checkpoint": str(path), "metrics": ckpt["metrics"], "history": ckpt["history"]}, indent=1))
+    return 0
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from workloads.attacks import attack_checkpoint
+
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = yaml.safe_load(value)
+    result = attack_checkpoint(args.checkpoint, args.attack, args.source, args.eps,
+                               {"n": args.images, "batch_size": args.batch_size, "params": params,
+                                "device": args.device}, sibling=args.sibling)
+    metric = "map" if "map" in result["rows"][0] else "robust_acc"
+    print(f"{'eps':>6} {metric:>10} {'success':>8} {'linf':>7} {'l2':>7} {'queries':>8}")
+    for r in result["rows"]:
+        print(f"{r['eps']:>6.3f} {r[metric]:>10.4f} {r['success_rate']:>8.3f} {r['linf']:>7.4f} {r['l2']:>7.3f}"
+              f" {r['queries']:>8.0f}")
+    if result["diagnostics"]:
+        print(f"rule vs exact input-gradient cosine: {result['diagnostics']['input_grad_cosine_mean']:.3f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -245,6 +311,17 @@ def _run_bench(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, rounds=args.rounds, device=args.device,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))
         print(bench_train.format_table(result))
+        print(f"wrote {write_json(result, args.out)}")
+        return 0
+    if args.bench == "attacks":
+        from harness.bench import attacks as bench_attacks
+        from harness.bench.rules import write_json
+
+        result = bench_attacks.run(_rule_names(args.rules), backbone=args.backbone, image_size=args.image_size,
+                                   batch_size=args.batch_size, batches=args.batches, steps=args.steps,
+                                   rounds=args.rounds, device=args.device,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(bench_attacks.format_table(result))
         print(f"wrote {write_json(result, args.out)}")
         return 0
     raise AssertionError(args.bench)

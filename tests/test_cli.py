@@ -82,3 +82,20 @@ def test_stage_commands_with_overrides(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(out["metrics"]["map"])
     assert main(["stage", "pretrain", "--set", "novalue", "--out", str(tmp_path / "x.pt")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    # the attack stage on the hashing checkpoint: HAG fits, PGD is refused before any compute
+    assert main(["stage", "attack", str(tmp_path / "ft.pt"), "--attack", "hag", "--source", "exact", "--eps", "0,0.1",
+                 "-n", "6", "--param", "steps=3", "--out", str(tmp_path / "atk.json")]) == 0
+    rows = json.loads((tmp_path / "atk.json").read_text())["rows"]
+    assert rows[0]["map"] == rows[0]["clean_map"] and rows[1]["linf"] <= 0.1 + 1e-6
+    capsys.readouterr()
+    assert main(["stage", "attack", str(tmp_path / "ft.pt"), "--attack", "pgd", "--source", "rule"]) == 2
+    assert "attack 'pgd' does not apply to a hashing model" in capsys.readouterr().err
+
+
+def test_bench_attacks_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "a.json"
+    assert main(["bench", "attacks", "--rules", "frsf", "--rounds", "2", "--batch-size", "4", "--batches", "1",
+                 "--steps", "2", "--out", str(path)]) == 0
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["rule"] == "frsf" and row["harness_overhead"] > 0 and row["rule_vs_exact_input_grad"] > 0
+    assert "harness/direct" in capsys.readouterr().out
