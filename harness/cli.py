@@ -171,10 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark harness for sign-symmetry learning rules as robust fine-tuners (arXiv 2502.05925).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
     _add_data(sub)
     _add_stage(sub)
     _add_bench(sub)
     return parser
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    def dag_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("dag", help="DAG spec (YAML), e.g. dags/default.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a DAG value, dotted keys, list items by index (e.g. --set finetune.epochs=1 "
+                       "--set attacks.0.eps=[0,0.1])")
+        p.add_argument("--out", default=None,
+                       help="run folder: artifact store, MLflow sqlite store, Tune logs (default: runs/EXPERIMENT)")
+
+    r = sub.add_parser("run", help="run a DAG (pretrain, finetune, evaluate, attack) on Ray Tune, logged to MLflow",
+                       description="Runs every stage node of the DAG that is not already in the artifact store, one "
+                       "Ray Tune run per stage level, logs one MLflow child run per node under one parent run, "
+                       "then writes the report. Run it again after an interruption: finished nodes are skipped. "
+                       "Exit code 0 only when every node finished; 1 when a node failed.")
+    dag_args(r)
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///RUN_FOLDER/mlflow.db; a server: http://HOST:5000)")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance on 127.0.0.1)")
+    r.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")
+    r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p = sub.add_parser("plan", help="what a DAG needs: trainings, evaluations, attacks, and how many are cached")
+    dag_args(p)
+    rep = sub.add_parser("report", help="tables and figures of an experiment, read from MLflow",
+                         description="Reads the experiment's finished runs from MLflow into polars and writes "
+                         "results/EXPERIMENT/ (CSV, Markdown, PNG, README.md); prints the main tables.")
+    rep.add_argument("experiment")
+    rep.add_argument("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: sqlite:///runs/EXPERIMENT/mlflow.db)")
+    rep.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -267,6 +300,58 @@ def _run_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_plan(args: argparse.Namespace) -> int:
+    from harness.dag import STAGES, load_dag
+    from harness.plan import build_plan
+    from harness.store import ArtifactStore
+
+    dag = load_dag(args.dag, args.set)
+    nodes = build_plan(dag)
+    store = ArtifactStore(args.out or Path("runs") / dag.experiment / "store")
+    print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
+    print(f"{'stage':<10} {'nodes':>6} {'cached':>7} {'to run':>7}")
+    for stage in STAGES:
+        level = [n for n in nodes if n.stage == stage]
+        cached = sum(store.done(stage, n.key) for n in level)
+        print(f"{stage:<10} {len(level):>6} {cached:>7} {len(level) - cached:>7}")
+    return 0
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from harness.dag import load_dag
+    from harness.orchestrator import run_dag
+
+    dag = load_dag(args.dag, args.set)
+    summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address)
+    ran = ", ".join(f"{s} {n}" for s, n in summary.ran.items())
+    cached = ", ".join(f"{s} {n}" for s, n in summary.cached.items())
+    print(f"harness run: {summary.seconds:.0f} s; ran: {ran}; cached: {cached}", file=sys.stderr)
+    if not args.no_report:
+        _print_report(summary.tracking_uri, dag.experiment, args.results)
+    for label, error in summary.failed.values():
+        print(f"harness run: FAILED {label}: {error}", file=sys.stderr)
+    if summary.skipped:
+        print(f"harness run: {len(summary.skipped)} node(s) skipped because an input failed", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _print_report(uri: str, experiment: str, results: str | None) -> None:
+    from harness.report import summary_text, write_report
+
+    report = write_report(uri, experiment, results or Path("results") / experiment)
+    print(summary_text(report))
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from harness.tracking import default_uri
+
+    uri = args.tracking_uri or default_uri(Path("runs") / args.experiment)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ValueError(f"no MLflow store at {uri}; pass --tracking-uri, or run `harness run` first")
+    _print_report(uri, args.experiment, args.results)
+    return 0
+
+
 def _rule_names(requested: list[str] | None) -> list[str]:
     """The requested rules (default: all), checked before any model is built."""
     import rules
@@ -328,6 +413,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from harness.errors import HarnessError
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
@@ -336,7 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_data(args)
         if args.command == "stage":
             return _run_stage(args)
-    except (ValueError, FileNotFoundError) as exc:
+        if args.command == "plan":
+            return _run_plan(args)
+        if args.command == "run":
+            return _run_run(args)
+        if args.command == "report":
+            return _run_report(args)
+    except (ValueError, OSError, HarnessError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)

@@ -80,7 +80,7 @@ def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size
                        limit=limit, pad=data.get("pad", 0), image_size=resize, channels=3)
 
 
-def _split_names(root: str) -> tuple[str, str, str]:
+def split_names(root: str) -> tuple[str, str, str]:
     """(train, test, database) split names: hashlist data has train/query/database, the others train/test."""
     splits = load_manifest(root).splits
     test = "test" if "test" in splits else ("query" if "query" in splits else "val")
@@ -156,7 +156,7 @@ def pretrain(config: dict, out: str | Path, progress: bool = True,
     torch.manual_seed(seed)
     model = _prepare_model(backbones.build(cfg["backbone"], num_classes, cfg.get("weights")), device)
     task = get_task("classification")(num_classes)
-    train_split, test_split, _ = _split_names(cfg["data"]["root"])
+    train_split, test_split, _ = split_names(cfg["data"]["root"])
     reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, p["batch_size"], seed)
     opt = torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     history = _fit(model, task, reader, opt, p["epochs"], "pretrain", device, progress, on_epoch)
@@ -202,7 +202,7 @@ def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | 
         {"params": model.backbone_parameters(), "lr": f["lr_backbone"]},
         {"params": model.head_parameters(), "lr": f["lr_head"]},
     ], betas=(0.9, 0.999), weight_decay=f["weight_decay"])
-    train_split, _, _ = _split_names(cfg["data"]["root"])
+    train_split, _, _ = split_names(cfg["data"]["root"])
     reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed)
     history = _fit(model, task, reader, opt, f["epochs"], f"finetune[{rule}]", device, progress, on_epoch)
     ckpt = {
@@ -210,7 +210,7 @@ def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | 
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "rule_state": handle.state_dict(),
         "task_state": task.state_dict(), "history": history,
     }
-    ckpt["metrics"] = _evaluate_loaded(Loaded(model, handle, task, cfg, ckpt), device)
+    ckpt["metrics"] = evaluate_loaded(Loaded(model, handle, task, cfg, ckpt), device)
     return save_checkpoint(ckpt, out)
 
 
@@ -240,11 +240,11 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", attac
     return Loaded(model, handle, task, cfg, ckpt)
 
 
-def _evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
+def evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
     cfg, task = loaded.config, loaded.task
     data, seed = cfg["data"], int(cfg["seed"])
     classes = data.get("target_classes")
-    train_split, test_split, db_split = _split_names(data["root"])
+    train_split, test_split, db_split = split_names(data["root"])
     test = make_reader(cfg, test_split, classes, data.get("test_limit"), False, 256, seed)
     model = _Eval(loaded.model, device)
     if task.kind == "hashing":
@@ -256,4 +256,4 @@ def _evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
 def evaluate(checkpoint: str | Path, device: str = "auto") -> dict:
     """Clean metrics of a fine-tuned checkpoint: top-1 (classification) or mAP@k (hashing) on the target test split."""
     dev = resolve_device(device)
-    return _evaluate_loaded(load_model(checkpoint, dev), dev)
+    return evaluate_loaded(load_model(checkpoint, dev), dev)

@@ -33,7 +33,7 @@ def _minimal(make_attack, model: torch.nn.Module, params: dict, ctx: AttackConte
     fmodel = fb.PyTorchModel(_LabelsOnly(model).eval(), bounds=(0.0, 1.0))
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv, found = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+        x_adv, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         with torch.no_grad():
             todo = (model(x).argmax(1) == y).nonzero().flatten()
         if len(todo) == 0:

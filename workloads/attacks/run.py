@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -57,25 +57,32 @@ class QueryCounter(torch.nn.Module):
         return self.model(x)
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Binary codes on the CPU, where retrieval is ranked."""
     with torch.no_grad():
-        return torch.where(model(x) >= 0, 1.0, -1.0)
+        return torch.where(model(x.to(_device(model))) >= 0, 1.0, -1.0).cpu()
 
 
 def encode(model: torch.nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     codes, labels = [], []
     for x, y in batches:
         codes.append(_codes(model, x))
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(codes), torch.cat(labels)
 
 
 def attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
-           sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None) -> list[dict]:
+           sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
+           on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Attack `target` (a `workloads.train.Loaded`) at every eps of the grid; one row per eps.
 
     `sibling` (the BP-fine-tuned twin) is needed for source 'transfer'; `database` (batches of the retrieval
     database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones.
+    `on_row` sees each row as soon as it is measured (progress for long grids).
     """
     task = target.task
     spec = validate(attack_name, task.kind, source, eps_grid, params)
@@ -90,13 +97,18 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
     crafting = QueryCounter(sibling.model if source == "transfer" else target.model)
     use_exact = source == "exact" and target.handle is not None
     exact = target.handle.exact if use_exact else contextlib.nullcontext
-    batches = list(batches)
+    device = _device(target.model)
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
     ctx = AttackContext(task=task, seed=seed)
     scorer = _HashScorer(target, crafting.model, database, ctx) if task.kind == "hashing" else _ClassScorer(target)
     clean = [scorer.clean(x, y) for x, y in batches]
     eps_grid = check_eps(eps_grid)
     if spec.minimal:
-        return _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, scorer)
+        rows = _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, scorer)
+        for row in rows:
+            if on_row is not None:
+                on_row(row)
+        return rows
     rows = []
     for eps in eps_grid:
         torch.manual_seed(seed)  # random starts are reproducible
@@ -113,6 +125,8 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
         n = acc.n
         rows.append({"attack": attack_name, "source": source, "eps": eps, **acc.row(),
                      "queries": crafting.images / n, "n": n})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -128,7 +142,7 @@ def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, scorer)
         l2.append(delta.norm(dim=1))
         found.append(hit & before)
         ok.append(before)
-    linf, l2, found, ok = (torch.cat(t) for t in (linf, l2, found, ok))
+    linf, l2, found, ok = (torch.cat([v.cpu() for v in t]) for t in (linf, l2, found, ok))
     n = len(ok)
     medians = {"median_linf": statistics.median(linf[found].tolist()) if found.any() else float("nan"),
                "median_l2": statistics.median(l2[found].tolist()) if found.any() else float("nan"),
@@ -204,7 +218,7 @@ class _HashScorer:
     def ap(self, codes: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from workloads.tasks.metrics import average_precision_at_k
 
-        return average_precision_at_k(codes, self.db_codes, y, self.db_labels, self.task.topk)
+        return average_precision_at_k(codes, self.db_codes, y.cpu(), self.db_labels, self.task.topk)
 
     def clean(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes = _codes(self.model, x)

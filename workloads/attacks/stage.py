@@ -11,6 +11,7 @@ checkpoint's). The images are the first n of the target test split, in shard ord
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from workloads.attacks.run import attack, gradient_cosine, validate
@@ -19,8 +20,9 @@ STAGE_DEFAULTS = {"n": 500, "batch_size": 250, "params": {}, "db_limit": None, "
 
 
 def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | None, eps_grid: list[float],
-                      config: dict | None = None, sibling: str | Path | None = None) -> dict:
-    from workloads.train import _split_names, load_model, make_reader
+                      config: dict | None = None, sibling: str | Path | None = None,
+                      on_row: Callable[[dict], None] | None = None) -> dict:
+    from workloads.train import load_model, make_reader, split_names
 
     cfg = {**STAGE_DEFAULTS, **(config or {})}
     unknown = sorted(set(cfg) - set(STAGE_DEFAULTS))
@@ -34,7 +36,7 @@ def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | No
     tc = target.config
     seed = int(tc["seed"] if cfg["seed"] is None else cfg["seed"])
     classes = tc["data"].get("target_classes")
-    _, test_split, db_split = _split_names(tc["data"]["root"])
+    _, test_split, db_split = split_names(tc["data"]["root"])
     batches = list(make_reader(tc, test_split, classes, int(cfg["n"]), False, int(cfg["batch_size"]), seed))
     database = None
     if target.task.kind == "hashing":
@@ -42,7 +44,7 @@ def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | No
         database = make_reader(tc, db_split, classes, limit, False, 500, seed)
     t0 = time.perf_counter()
     rows = attack(target, attack_name, source, eps_grid, batches, sibling=twin, params=cfg["params"], seed=seed,
-                  database=database)
+                  database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
     diagnostics = gradient_cosine(target, batches[:1]) if target.handle is not None else {}
     return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": attack_name,

@@ -1,0 +1,221 @@
+"""`harness run`: the DAG's stage levels, each one Ray Tune run over the nodes not yet in the artifact store.
+
+pretrain -> finetune -> evaluate -> attack. A node whose result is in the store is skipped (that is the cache and
+the resume: run the same command again after a crash). A trial that raises is retried `retries` times by Tune's
+FailureConfig; a node that still fails is reported and logged to MLflow as FAILED, the nodes that need it are
+skipped, every other node still runs, and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.dag import STAGES, Dag
+from harness.errors import HarnessError
+from harness.plan import Node, build_plan, digest
+from harness.store import ArtifactStore
+from harness.tracking import Tracker, default_uri
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    experiment: str
+    out_dir: str
+    tracking_uri: str
+    ran: dict = field(default_factory=lambda: {s: 0 for s in STAGES})
+    cached: dict = field(default_factory=lambda: {s: 0 for s in STAGES})
+    failed: dict = field(default_factory=dict)  # key -> (label, error)
+    skipped: dict = field(default_factory=dict)  # key -> label
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def init_ray(address: str | None, log: Log) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
+              "logging_level": "ERROR"}
+    try:
+        if address:
+            log(f"[ray] connecting to {address}")
+            ray.init(address=address, **kwargs)
+        else:
+            log("[ray] starting a local Ray instance on 127.0.0.1")
+            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise HarnessError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {exc}. Check --address "
+                           "or RAY_ADDRESS, and on a token-authenticated cluster RAY_AUTH_MODE=token with "
+                           "RAY_AUTH_TOKEN (see README)") from None
+
+
+def _trainable(config: dict) -> None:
+    """The Tune trainable: one node per trial, threads capped to the trial's CPUs."""
+    import torch
+    from ray import tune
+
+    from harness.runtime import tune_allocator
+    from harness.stages import NodeFailed, run_node
+
+    tune_allocator()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    store = ArtifactStore(config["store"])
+    node = config["node"]
+    try:
+        record = run_node(node, store, report=lambda m: tune.report({**m, "final": 0}))
+    except NodeFailed as exc:  # deterministic: say so once, do not retry
+        tune.report({"final": 1, "failed": 1, "error": str(exc)})
+        return
+    tune.report({"final": 1, "failed": 0, "seconds": record["seconds"]})
+
+
+def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            label = labels.get(trial.config["node"]["key"], trial.trial_id)
+            if result.get("final"):
+                return
+            if "epoch" in result:
+                log(f"[{stage} {self.done}/{total} done] {label}: epoch {result['epoch']}/{result['epochs']}"
+                    f" loss {result['loss']:.4f}")
+            elif "point" in result:
+                metric = "map" if "map" in result else "robust_acc"
+                log(f"[{stage} {self.done}/{total} done] {label}: eps {result['eps']:g} "
+                    f"({result['point']}/{result['points']}) {metric} {result[metric]:.4f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            log(f"[{stage} {self.done}/{total} done] {labels.get(trial.config['node']['key'], trial.trial_id)}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            log(f"[{stage} {self.done}/{total} done] FAILED {labels.get(trial.config['node']['key'], '?')}")
+
+    return Progress()
+
+
+def _resources(dag: Dag, stage: str, log: Log) -> dict:
+    import ray
+
+    want = dag["resources"][stage]
+    have_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if want["gpu"] > 0 and not have_gpu:
+        # a GPU request on a cluster without GPUs waits forever without an error; run on CPU instead
+        log(f"[{stage}] resources ask for {want['gpu']} GPU but the Ray cluster has none: running on CPU")
+    return {"cpu": want["cpu"], "gpu": want["gpu"] if have_gpu else 0}
+
+
+def _run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out_dir: Path, log: Log) -> dict:
+    """Run `nodes` as one Tune run; returns key -> error for the nodes that did not finish."""
+    from ray import tune
+
+    res = _resources(dag, stage, log)
+    trainable = tune.with_resources(_trainable, res)
+    labels = {n.key: n.label for n in nodes}
+    space = {"node": tune.grid_search([n.to_dict() for n in nodes]), "store": str(store.root),
+             "threads": max(1, int(res["cpu"]))}
+    name = f"{stage}-{digest(sorted(labels))}"
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=dag["max_concurrent"] or None, reuse_actors=True,
+                                    trial_name_creator=lambda t: f"{stage}-{t.config['node']['key']}",
+                                    trial_dirname_creator=lambda t: f"{stage}-{t.config['node']['key']}"),
+        run_config=tune.RunConfig(name=name, storage_path=str((out_dir / "tune").resolve()),
+                                  failure_config=tune.FailureConfig(max_failures=dag["retries"]), verbose=0,
+                                  callbacks=[_progress_callback(stage, len(nodes), labels, log)]),
+    )
+    grid = tuner.fit()
+    errors = {}
+    for result in grid:
+        key = result.config["node"]["key"]
+        if result.error is not None:
+            errors[key] = _error_text(result.error)
+        elif not store.done(stage, key):
+            errors[key] = store.failure(stage, key) or (result.metrics or {}).get("error") or "no result written"
+    return errors
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip()
+    # Tune wraps the trial's exception; keep the last line of the original traceback, which names the cause
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:2000]
+
+
+def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
+            log: Log = _log_stderr) -> RunSummary:
+    t0 = time.perf_counter()
+    out = Path(out_dir or Path("runs") / dag.experiment).resolve()
+    store = ArtifactStore(out / "store")
+    store.check_writable()
+    nodes = build_plan(dag)  # checks every dataset is prepared: before any compute
+    uri = tracking_uri or default_uri(out)
+    tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
+    summary = RunSummary(dag.experiment, str(out), uri)
+    logged = tracker.logged_keys()
+    tracker.start_parent(f"run {time.strftime('%Y-%m-%d %H:%M:%S')}", {"dag": dag.path, "nodes": len(nodes)},
+                         {"harness.dag": dag.path})
+    status = "FAILED"
+    try:
+        todo_any = any(not store.done(n.stage, n.key) for n in nodes)
+        if todo_any:
+            init_ray(address, log)
+        for stage in STAGES:
+            level = [n for n in nodes if n.stage == stage]
+            if not level:
+                continue
+            blocked = [n for n in level if any(k in summary.failed or k in summary.skipped
+                                               for k in n.inputs.values())]
+            todo = [n for n in level if n not in blocked and not store.done(stage, n.key)]
+            cached = [n for n in level if n not in blocked and n not in todo]
+            log(f"[{stage}] {len(level)} nodes: {len(cached)} cached, {len(todo)} to run"
+                + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
+            for n in todo:
+                store.clear_failure(stage, n.key)
+            errors = _run_level(dag, stage, todo, store, out, log) if todo else {}
+            for n in blocked:
+                summary.skipped[n.key] = n.label
+            for n in level:
+                if n in blocked:
+                    continue
+                if n.key in errors:
+                    summary.failed[n.key] = (n.label, errors[n.key])
+                    log(f"[{stage}] FAILED {n.label}: {errors[n.key]}")
+                    tracker.log_node(n.to_dict(), None, error=errors[n.key])
+                    continue
+                if n in todo:
+                    summary.ran[stage] += 1
+                else:
+                    summary.cached[stage] += 1
+                if n.key not in logged:
+                    tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=n in cached)
+        status = "FINISHED" if summary.ok else "FAILED"
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        tracker.end_parent(status, {"seconds": summary.seconds, "failed": len(summary.failed),
+                                    "skipped": len(summary.skipped),
+                                    **{f"ran/{s}": v for s, v in summary.ran.items()},
+                                    **{f"cached/{s}": v for s, v in summary.cached.items()}},
+                           {"plan.json": [n.to_dict() for n in nodes]})
+    return summary

@@ -1,0 +1,98 @@
+"""From a validated DAG to stage nodes: the fewest trainings the grid needs, each keyed by what determines it.
+
+A node's key hashes its stage, the settings that change its result, the data's manifest and its inputs' keys:
+the same pretraining feeds every rule, the same fine-tuned model feeds every attack, and changing one attack's eps
+grid changes only that attack's keys. The device is not part of a key (where a node runs does not name it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.dag import STAGES, Dag, DagError
+
+
+@dataclass
+class Node:
+    stage: str
+    key: str
+    label: str
+    axes: dict  # dataset, backbone, seed, task, rule, attack, source: what the report groups by
+    config: dict  # what the stage function receives
+    inputs: dict = field(default_factory=dict)  # role -> key of the node it reads ("pretrained", "model", "sibling")
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "key": self.key, "label": self.label, "axes": self.axes, "config": self.config,
+                "inputs": self.inputs}
+
+
+def digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _fingerprint(root: str, where: str, name: str) -> str:
+    manifest = Path(root) / "manifest.json"
+    try:
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        raise DagError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
+                       f"`harness data prepare {name} --out {root}` first") from None
+
+
+def build_plan(dag: Dag) -> list[Node]:
+    """Every node of the DAG, stage by stage (pretrain, finetune, evaluate, attack), inputs before users."""
+    spec = dag.spec
+    nodes: list[Node] = []
+    finetuned: dict[tuple, Node] = {}
+    for ds_name, ds in spec["datasets"].items():
+        fingerprint = _fingerprint(ds["root"], dag.path, ds_name)
+        for backbone in spec["backbones"]:
+            for seed in spec["seeds"]:
+                base = {"backbone": backbone, "seed": seed, "device": spec["device"], "weights": spec["weights"],
+                        "data": dict(ds)}
+                axes = {"dataset": ds_name, "backbone": backbone, "seed": seed}
+                pre_key = None
+                if spec["weights"] is None:
+                    cfg = {**base, "pretrain": spec["pretrain"]}
+                    keyed = {k: v for k, v in cfg.items() if k != "device"}
+                    # the manifest's hash names the data, not the folder it sits in
+                    keyed["data"] = {k: v for k, v in ds.items() if k not in ("root", "target_classes", "db_limit")}
+                    pre_key = digest({"stage": "pretrain", "config": keyed, "data": fingerprint})
+                    nodes.append(Node("pretrain", pre_key, f"pretrain {ds_name}/{backbone}/s{seed}", dict(axes), cfg))
+                for task, opts in spec["tasks"].items():
+                    for rule in spec["rules"]:
+                        cfg = {**base, "task": {"name": task, **opts}, "finetune": spec["finetune"], "rule": rule}
+                        keyed = {k: v for k, v in cfg.items() if k != "device"}
+                        keyed["data"] = {k: v for k, v in ds.items() if k != "root"}
+                        key = digest({"stage": "finetune", "config": keyed, "data": fingerprint, "pretrained": pre_key})
+                        ft = Node("finetune", key, f"finetune {ds_name}/{backbone}/{task}/{rule}/s{seed}",
+                                  {**axes, "task": task, "rule": rule}, cfg,
+                                  {"pretrained": pre_key} if pre_key else {})
+                        nodes.append(ft)
+                        finetuned[(ds_name, backbone, seed, task, rule)] = ft
+    for ft in [n for n in nodes if n.stage == "finetune"]:
+        cfg = dict(spec["evaluate"])
+        nodes.append(Node("evaluate", digest({"stage": "evaluate", "config": cfg, "model": ft.key}),
+                          ft.label.replace("finetune", "evaluate", 1), dict(ft.axes), cfg, {"model": ft.key}))
+    for ft in [n for n in nodes if n.stage == "finetune"]:
+        a = ft.axes
+        for atk in spec["attacks"]:
+            if a["task"] not in atk["tasks"] or a["rule"] not in atk["rules"]:
+                continue
+            for source in atk["sources"]:
+                cfg = {"attack": atk["name"], "source": source, "eps": atk["eps"], "n": atk["n"],
+                       "batch_size": atk["batch_size"], "params": atk["params"], "device": spec["device"]}
+                inputs = {"model": ft.key}
+                if source == "transfer":
+                    inputs["sibling"] = finetuned[(a["dataset"], a["backbone"], a["seed"], a["task"], "bp")].key
+                keyed = {k: v for k, v in cfg.items() if k != "device"}
+                key = digest({"stage": "attack", "config": keyed, "inputs": inputs})
+                label = f"attack {atk['name']}/{source or 'query'} on {a['task']}/{a['rule']} " \
+                        f"{a['dataset']}/{a['backbone']}/s{a['seed']}"
+                nodes.append(Node("attack", key, label, {**a, "attack": atk["name"], "source": source or "none"},
+                                  cfg, inputs))
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(nodes, key=lambda n: order[n.stage])  # stable: keeps grid order within a stage

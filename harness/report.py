@@ -1,0 +1,327 @@
+"""`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure of PROTOCOL.md section 7.
+
+Writes `results/<experiment>/`: clean.{csv,md} (top-1 and mAP), robustness.{csv,md,png} (accuracy vs eps per
+gradient source), hashing_attacks.{csv,md}, blackbox.{csv,md}, diagnostics.{csv,md}, and README.md with all of
+them and one verdict line per rule. Reads only MLflow, so it works on a run logged to a remote server.
+When a node was run more than once (an eps grid changed), the latest finished run of those axes is the one shown.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from harness.errors import HarnessError
+from harness.tracking import AXES
+
+EPS_METRIC = re.compile(r"^metrics\.(?P<metric>[a-z_0-9]+)/eps_(?P<eps>[0-9.e-]+)$")
+GRADIENT_ATTACKS_ORDER = ("fgsm", "pgd", "apgd", "autoattack")
+SOURCE_ORDER = ("rule", "exact", "transfer")
+
+
+class ReportError(HarnessError):
+    pass
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
+    """Finished node runs of the experiment, one row per node (latest run per stage and axes)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        exp = mlflow.get_experiment_by_name(experiment)
+    except Exception as exc:
+        raise ReportError(f"cannot read MLflow at {tracking_uri}: {type(exc).__name__}: {exc}") from None
+    if exp is None:
+        raise ReportError(f"MLflow at {tracking_uri} has no experiment {experiment!r}; run `harness run` first")
+    runs = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'node' and attributes.status = 'FINISHED'",
+                              output_format="list", max_results=50000)
+    rows = []
+    for r in runs:
+        row = {"stage": r.data.tags.get("harness.stage"), "start": r.info.start_time, "run_id": r.info.run_id}
+        row.update({a: r.data.tags.get(f"axis.{a}") for a in AXES})
+        row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+        row.update({f"param.{k}": v for k, v in r.data.params.items() if k.startswith("params.")})
+        rows.append(row)
+    if not rows:
+        raise ReportError(f"experiment {experiment!r} has no finished stage runs yet")
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    keys = ["stage", *AXES]
+    return df.sort("start", descending=True).unique(subset=keys, keep="first", maintain_order=True)
+
+
+def _markdown(df: pl.DataFrame, digits: int = 3) -> str:
+    cols = df.columns
+    def cell(v: object) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
+
+
+def _rule_order(rules: list[str]) -> list[str]:
+    known = ["bp", "fa", "usf", "frsf", "brsf"]
+    return sorted(rules, key=lambda r: (known.index(r) if r in known else len(known), r))
+
+
+def _eps_long(df: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Attack runs -> one row per (axes, eps) with the metric's value."""
+    out = []
+    cols = [c for c in df.columns if (m := EPS_METRIC.match(c)) and m["metric"] == metric]
+    for row in df.iter_rows(named=True):
+        for c in cols:
+            if row[c] is not None:
+                out.append({**{a: row[a] for a in AXES}, "eps": float(EPS_METRIC.match(c)["eps"]), metric: row[c]})
+    schema = {a: pl.String for a in AXES} | {"eps": pl.Float64, metric: pl.Float64}
+    return pl.DataFrame(out, schema=schema)
+
+
+def _wide(long: pl.DataFrame, index: list[str], metric: str) -> pl.DataFrame:
+    """eps as columns, mean over seeds."""
+    if long.is_empty():
+        return long
+    agg = long.group_by([*index, "eps"]).agg(pl.col(metric).mean()).sort([*index, "eps"])
+    eps_values = sorted(agg["eps"].unique().to_list())
+    table = agg.pivot(on="eps", index=index, values=metric, sort_columns=True)
+    table = table.rename({str(e): f"eps {e:g}" for e in eps_values if str(e) in table.columns})
+    return _sort_rules(table, index)
+
+
+def _sort_rules(df: pl.DataFrame, index: list[str]) -> pl.DataFrame:
+    if "rule" not in df.columns or df.is_empty():
+        return df
+    order = {r: i for i, r in enumerate(_rule_order(df["rule"].unique().to_list()))}
+    src = {s: i for i, s in enumerate(SOURCE_ORDER)}
+    atk = {a: i for i, a in enumerate(GRADIENT_ATTACKS_ORDER)}
+    keyed = df.with_columns(
+        pl.col("rule").replace_strict(order, default=99).alias("_r"),
+        (pl.col("source").replace_strict(src, default=9) if "source" in df.columns else pl.lit(0)).alias("_s"),
+        (pl.col("attack").replace_strict(atk, default=9) if "attack" in df.columns else pl.lit(0)).alias("_a"),
+    )
+    lead = [c for c in index if c not in ("rule", "source", "attack")]
+    return keyed.sort([*lead, "_a", "_s", "_r"]).drop(["_r", "_s", "_a"])
+
+
+def clean_table(runs: pl.DataFrame) -> pl.DataFrame:
+    ev = runs.filter(pl.col("stage") == "evaluate")
+    rows = []
+    for r in ev.iter_rows(named=True):
+        metric = "top1" if r["task"] == "classification" else "map"
+        value = r.get(f"metrics.{metric}")
+        if value is not None:
+            rows.append({"dataset": r["dataset"], "backbone": r["backbone"], "task": r["task"],
+                         "metric": "top-1" if metric == "top1" else "mAP", "rule": r["rule"], "value": value})
+    if not rows:
+        return pl.DataFrame()
+    df = pl.DataFrame(rows).group_by(["dataset", "backbone", "task", "metric", "rule"]).agg(pl.col("value").mean())
+    wide = df.pivot(on="rule", index=["dataset", "backbone", "task", "metric"], values="value")
+    rules = _rule_order([c for c in wide.columns if c not in ("dataset", "backbone", "task", "metric")])
+    return wide.select(["dataset", "backbone", "task", "metric", *rules]).sort(["dataset", "backbone", "task"])
+
+
+def diagnostics_table(runs: pl.DataFrame) -> pl.DataFrame:
+    ev = runs.filter(pl.col("stage") == "evaluate")
+    cols = {"metrics.angle_mean_deg": "B-W angle (deg, mean over layers)",
+            "metrics.input_grad_cosine_mean": "cos(rule grad, exact grad)"}
+    present = [c for c in cols if c in ev.columns]
+    if ev.is_empty() or not present:
+        return pl.DataFrame()
+    df = ev.group_by(["dataset", "backbone", "task", "rule"]).agg([pl.col(c).mean() for c in present])
+    return _sort_rules(df.rename({c: cols[c] for c in present}), ["dataset", "backbone", "task", "rule"])
+
+
+def _attack_runs(runs: pl.DataFrame, task: str, families: tuple[str, ...]) -> pl.DataFrame:
+    from workloads.attacks import get_attack
+
+    atk = runs.filter((pl.col("stage") == "attack") & (pl.col("task") == task))
+    names = [a for a in atk["attack"].unique().to_list() if get_attack(a).family in families] if len(atk) else []
+    return atk.filter(pl.col("attack").is_in(names))
+
+
+def robustness_table(runs: pl.DataFrame) -> pl.DataFrame:
+    long = _eps_long(_attack_runs(runs, "classification", ("gradient", "score")), "robust_acc")
+    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], "robust_acc")
+
+
+def hashing_attack_table(runs: pl.DataFrame) -> pl.DataFrame:
+    long = _eps_long(_attack_runs(runs, "hashing", ("hashing",)), "map")
+    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], "map")
+
+
+def blackbox_table(runs: pl.DataFrame) -> pl.DataFrame:
+    atk = _attack_runs(runs, "classification", ("decision",))
+    if atk.is_empty():
+        return pl.DataFrame()
+    wide = _wide(_eps_long(atk, "robust_acc"), ["dataset", "backbone", "attack", "rule"], "robust_acc")
+    extra = []
+    for r in atk.iter_rows(named=True):
+        first = {m["metric"]: r[c] for c in atk.columns if (m := EPS_METRIC.match(c)) and r[c] is not None}
+        extra.append({"dataset": r["dataset"], "backbone": r["backbone"], "attack": r["attack"], "rule": r["rule"],
+                      "median L2": first.get("median_l2"), "median Linf": first.get("median_linf"),
+                      "queries/image": first.get("queries")})
+    sizes = pl.DataFrame(extra).group_by(["dataset", "backbone", "attack", "rule"]).agg(
+        pl.col("median L2").mean(), pl.col("median Linf").mean(), pl.col("queries/image").mean())
+    return _sort_rules(wide.join(sizes, on=["dataset", "backbone", "attack", "rule"], how="left"),
+                       ["dataset", "backbone", "attack", "rule"])
+
+
+def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
+    """Accuracy vs eps: one row of panels per gradient attack, one panel per source, one curve per rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long = _eps_long(_attack_runs(runs, "classification", ("gradient",)), "robust_acc")
+    if long.is_empty():
+        return None
+    long = long.group_by(["attack", "source", "rule", "eps"]).agg(pl.col("robust_acc").mean())
+    attacks = [a for a in GRADIENT_ATTACKS_ORDER if a in long["attack"].unique().to_list()]
+    sources = [s for s in SOURCE_ORDER if s in long["source"].unique().to_list()]
+    rules = _rule_order(long["rule"].unique().to_list())
+    fig, axes = plt.subplots(len(attacks), len(sources), figsize=(4 * len(sources), 3.2 * len(attacks)),
+                             squeeze=False, sharex=True, sharey=True)
+    for i, atk in enumerate(attacks):
+        for j, src in enumerate(sources):
+            ax = axes[i][j]
+            for rule in rules:
+                d = long.filter((pl.col("attack") == atk) & (pl.col("source") == src) & (pl.col("rule") == rule))
+                if not d.is_empty():
+                    d = d.sort("eps")
+                    ax.plot(d["eps"].to_list(), d["robust_acc"].to_list(), marker="o", label=rule,
+                            linestyle="--" if rule == "bp" else "-")
+            ax.set_title(f"{atk.upper()}, {src} gradient")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if i == len(attacks) - 1:
+                ax.set_xlabel("eps (L-inf, [0,1] pixels)")
+            if j == 0:
+                ax.set_ylabel("robust accuracy")
+    axes[0][0].legend(title="rule")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def verdicts(runs: pl.DataFrame) -> list[str]:
+    """Per rule: does its white-box robustness survive exact gradients and transfer from BP?"""
+    long = _eps_long(_attack_runs(runs, "classification", ("gradient",)), "robust_acc")
+    if long.is_empty():
+        return []
+    attacks = long["attack"].unique().to_list()
+    atk = "pgd" if "pgd" in attacks else sorted(attacks)[0]
+    d = long.filter(pl.col("attack") == atk).group_by(["rule", "source", "eps"]).agg(pl.col("robust_acc").mean())
+    eps_all = sorted(e for e in d["eps"].unique().to_list() if e > 0)
+    if not eps_all:
+        return []
+    eps = 0.1 if 0.1 in eps_all else eps_all[len(eps_all) // 2]
+
+    def acc(rule: str, source: str) -> float | None:
+        v = d.filter((pl.col("rule") == rule) & (pl.col("source") == source) & (pl.col("eps") == eps))
+        return None if v.is_empty() else float(v["robust_acc"][0])
+
+    lines = []
+    bp = acc("bp", "exact") if acc("bp", "exact") is not None else acc("bp", "rule")
+    for rule in _rule_order(d["rule"].unique().to_list()):
+        if rule == "bp":
+            continue
+        own, exact, transfer = acc(rule, "rule"), acc(rule, "exact"), acc(rule, "transfer")
+        parts = [f"{src} {v:.1%}" for src, v in (("rule", own), ("exact", exact), ("transfer", transfer))
+                 if v is not None]
+        text = f"**{rule}** ({atk.upper()}, eps {eps:g}): robust accuracy " + ", ".join(parts)
+        if bp is not None:
+            text += f" (bp: {bp:.1%})"
+        if own is not None and exact is not None:
+            if own - exact > 0.1 and (bp is None or exact - bp < 0.1):
+                text += ". Its white-box robustness does not survive exact gradients: gradient obfuscation."
+            elif bp is not None and exact - bp >= 0.1:
+                text += ". It stays more robust than bp under exact gradients too."
+            else:
+                text += ". No robustness gain over exact gradients to explain."
+        lines.append(text)
+    return lines
+
+
+def attack_notes(runs: pl.DataFrame) -> list[str]:
+    """Where an attack ran with settings other than its paper-faithful defaults, say so."""
+    import json
+
+    from workloads.attacks import get_attack
+
+    atk = runs.filter(pl.col("stage") == "attack")
+    notes = []
+    for name in sorted(atk["attack"].unique().to_list()) if len(atk) else []:
+        defaults = get_attack(name).defaults
+        rows = atk.filter(pl.col("attack") == name)
+        changed = {}
+        for col in [c for c in rows.columns if c.startswith("param.params.")]:
+            key = col.removeprefix("param.params.")
+            for v in rows[col].drop_nulls().unique().to_list():
+                try:
+                    value = json.loads(v)
+                except ValueError:
+                    value = v
+                if key in defaults and value != defaults[key]:
+                    changed.setdefault(key, set()).add(str(value))
+        if changed:
+            text = ", ".join(f"{k} {'/'.join(sorted(v))} (default {defaults[k]})" for k, v in sorted(changed.items()))
+            notes.append(f"{name} ran with reduced or changed settings: {text}.")
+    if "brsf" in (atk["rule"].unique().to_list() if len(atk) else []):
+        notes.append("brsf redraws its feedback magnitudes at every forward pass, attacks included (BioTorch's "
+                     "behaviour, PROTOCOL.md section 2): a `rule`-source attacker sees a new B at every step.")
+    return notes
+
+
+def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes: list[str] | None = None) -> dict:
+    runs = load_runs(tracking_uri, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "clean": ("Clean accuracy (top-1) and retrieval mAP", clean_table(runs)),
+        "robustness": ("White-box robustness: accuracy vs eps, per gradient source", robustness_table(runs)),
+        "hashing_attacks": ("Retrieval under hashing attacks: mAP vs eps", hashing_attack_table(runs)),
+        "blackbox": ("Black-box (decision-based) attacks: accuracy vs eps, minimal perturbation sizes",
+                     blackbox_table(runs)),
+        "diagnostics": ("Diagnostics: feedback alignment and the gradient an attacker is handed",
+                        diagnostics_table(runs)),
+    }
+    figure = robustness_figure(runs, out / "robustness.png")
+    lines = verdicts(runs)
+    notes = [*attack_notes(runs), *(notes or [])]
+    md = [f"# {experiment}", "", "Written by `harness report` from MLflow; numbers are means over seeds.", ""]
+    if lines:
+        md += ["## Verdict", "", *[f"- {ln}" for ln in lines], ""]
+    for name, (title, df) in tables.items():
+        if df.is_empty():
+            continue
+        df.write_csv(out / f"{name}.csv")
+        (out / f"{name}.md").write_text(_markdown(df) + "\n")
+        md += [f"## {title}", "", _markdown(df), ""]
+        if name == "robustness" and figure is not None:
+            md += ["![accuracy vs eps](robustness.png)", ""]
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    (out / "README.md").write_text("\n".join(md))
+    return {"dir": str(out), "tables": {k: v[1] for k, v in tables.items()}, "verdicts": lines,
+            "figure": str(figure) if figure else None}
+
+
+def summary_text(report: dict) -> str:
+    """The main tables, for the terminal."""
+    parts = []
+    for name in ("clean", "robustness", "hashing_attacks", "blackbox"):
+        df = report["tables"][name]
+        if not df.is_empty():
+            with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=160, float_precision=3,
+                           tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+                parts.append(f"{name}:\n{df}")
+    parts += report["verdicts"]
+    parts.append(f"report: {report['dir']}/README.md" + (f", figure: {report['figure']}" if report["figure"] else ""))
+    return "\n\n".join(parts)

@@ -1,0 +1,92 @@
+"""The artifact store: one folder per stage node, `<root>/<stage>/<key>/`, complete once `result.json` exists.
+
+Every file is written to a temporary name and renamed, and `result.json` is written last, so a node killed half-way
+is never taken as finished: the next `harness run` simply runs it again. A node that failed for a reason a retry
+cannot fix (a diverging loss) leaves `failed.json` instead, which the next run clears and retries.
+The root is a local or shared filesystem path (NFS and the like for a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class StoreError(OSError):
+    pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path) -> None:
+        text = str(root)
+        if "://" in text and not text.startswith("file://"):
+            raise StoreError(f"artifact store {text}: only filesystem paths are supported (a shared mount such as NFS "
+                             "on a cluster); copy results to object storage after the run")
+        self.root = Path(text.removeprefix("file://")).expanduser().resolve()
+
+    def check_writable(self) -> None:
+        """Fail before any compute when the store cannot take a file (read-only, full, not a folder)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"artifact store {self.root} is not writable ({exc.strerror or exc}); pass --out with "
+                             "a folder you can write to") from None
+
+    def node_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def model_path(self, stage: str, key: str) -> Path:
+        return self.node_dir(stage, key) / "model.pt"
+
+    def done(self, stage: str, key: str) -> bool:
+        return (self.node_dir(stage, key) / "result.json").is_file()
+
+    def result(self, stage: str, key: str) -> dict:
+        path = self.node_dir(stage, key) / "result.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path} cannot be read ({exc}); delete its folder to recompute the node") from None
+
+    def write_result(self, stage: str, key: str, record: dict) -> None:
+        d = self.node_dir(stage, key)
+        (d / "failed.json").unlink(missing_ok=True)
+        atomic_write_text(d / "result.json", json.dumps(record, indent=1, default=_jsonable) + "\n")
+
+    def write_failure(self, stage: str, key: str, error: str) -> None:
+        atomic_write_text(self.node_dir(stage, key) / "failed.json", json.dumps({"error": error}) + "\n")
+
+    def failure(self, stage: str, key: str) -> str | None:
+        path = self.node_dir(stage, key) / "failed.json"
+        try:
+            return json.loads(path.read_text())["error"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    def clear_failure(self, stage: str, key: str) -> None:
+        (self.node_dir(stage, key) / "failed.json").unlink(missing_ok=True)
+
+
+def _jsonable(obj: object) -> object:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,147 @@
+"""MLflow: one parent run per `harness run`, one child run per stage node, written from the driver only.
+
+Only the driver writes, so a sqlite store never sees concurrent writers ("database is locked"), and the store and
+experiment are created once, before any trial starts. Grid axes are tags and params; every number is a metric
+(attack rows as `<metric>/eps_<eps>`); each node's full result is a JSON artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+AXES = ("dataset", "backbone", "seed", "task", "rule", "attack", "source")
+
+
+class TrackingError(HarnessError):
+    pass
+
+
+def default_uri(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        try:
+            mlflow.set_tracking_uri(uri)
+            self.client = MlflowClient(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = Path(artifact_root).resolve().as_uri() if artifact_root is not None else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as exc:  # MlflowException, connection errors, sqlite errors
+            raise TrackingError(f"MLflow tracking store {uri} is not usable: {_short(exc)}. Check --tracking-uri "
+                                "(a server must be running and reachable, e.g. http://127.0.0.1:5000)") from None
+        self.parent_id: str | None = None
+
+    def start_parent(self, name: str, params: dict, tags: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"harness.kind": "run", **tags})
+        self.parent_id = run.info.run_id
+        self._log(run.info.run_id, params=params)
+        return self.parent_id
+
+    def end_parent(self, status: str, metrics: dict, artifacts: dict[str, object] | None = None) -> None:
+        if self.parent_id is None:
+            return
+        self._log(self.parent_id, metrics=metrics)
+        for name, obj in (artifacts or {}).items():
+            self.client.log_dict(self.parent_id, obj, name)
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def logged_keys(self) -> set[str]:
+        """Node keys that already have a finished child run in this experiment."""
+        from mlflow.entities import ViewType
+
+        keys, token = set(), None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "attributes.status = 'FINISHED'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
+            keys.update(r.data.tags["harness.node_key"] for r in page if "harness.node_key" in r.data.tags)
+            token = page.token
+            if not token:
+                return keys
+
+    def log_node(self, node: dict, record: dict | None, error: str | None = None, cached: bool = False) -> str:
+        """A child run for one stage node: its axes, config, metrics and full result; FAILED with the error if any."""
+        axes = node["axes"]
+        tags = {"harness.kind": "node", "harness.stage": node["stage"], "harness.node_key": node["key"],
+                "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in axes.items()}}
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        if error:
+            tags["harness.error"] = error[:4000]
+        run = self.client.create_run(self.experiment_id, run_name=node["label"], tags=tags)
+        rid = run.info.run_id
+        params = {**{k: v for k, v in axes.items()}, **_flat(node["config"])}
+        metrics = node_metrics(node["stage"], record["result"]) if record else {}
+        if record:
+            metrics["seconds"] = record.get("seconds", 0.0)
+        self._log(rid, params=params, metrics=metrics)
+        if record:
+            self.client.log_dict(rid, record, "result.json")
+        elif error:
+            self.client.log_text(rid, error, "error.txt")
+        self.client.set_terminated(rid, status="FAILED" if error else "FINISHED")
+        return rid
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        ps = [Param(k, _param(v)) for k, v in (params or {}).items()]
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _finite(v)]
+        for i in range(0, max(len(ps), len(ms)), 100):  # MLflow caps a batch at 100 params / 1000 metrics
+            self.client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100])
+
+
+def node_metrics(stage: str, result: dict) -> dict[str, float]:
+    """The numbers of a node's result, flat, as the report reads them back."""
+    out: dict[str, float] = {}
+    if stage in ("pretrain", "finetune", "evaluate"):
+        out.update({k: v for k, v in result.get("metrics", {}).items() if _finite(v)})
+        for i, row in enumerate(result.get("history", [])):
+            out[f"train_loss/epoch_{i + 1}"] = row["loss"]
+        diag = result.get("diagnostics", {})
+        out.update({k: v for k, v in diag.items() if k != "layers" and _finite(v)})
+    if stage == "attack":
+        for row in result["rows"]:
+            for k, v in row.items():
+                if k not in ("attack", "source", "eps", "n") and _finite(v):
+                    out[f"{k}/eps_{row['eps']:g}"] = v
+        out.update({f"diag_{k}": v for k, v in result.get("diagnostics", {}).items() if _finite(v)})
+    return out
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _param(v: object) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return text[:6000]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
