@@ -319,6 +319,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 def _run_run(args: argparse.Namespace) -> int:
     from harness.dag import load_dag
+    from harness.errors import HarnessError
     from harness.orchestrator import run_dag
 
     dag = load_dag(args.dag, args.set)
@@ -327,7 +328,10 @@ def _run_run(args: argparse.Namespace) -> int:
     cached = ", ".join(f"{s} {n}" for s, n in summary.cached.items())
     print(f"harness run: {summary.seconds:.0f} s; ran: {ran}; cached: {cached}", file=sys.stderr)
     if not args.no_report:
-        _print_report(summary.tracking_uri, dag.experiment, args.results)
+        try:
+            _print_report(summary.tracking_uri, dag.experiment, args.results)
+        except HarnessError as exc:
+            print(f"harness run: no report: {exc}", file=sys.stderr)
     for label, error in summary.failed.values():
         print(f"harness run: FAILED {label}: {error}", file=sys.stderr)
     if summary.skipped:

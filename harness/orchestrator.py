@@ -45,6 +45,9 @@ def _log_stderr(msg: str) -> None:
 
 
 def init_ray(address: str | None, log: Log) -> None:
+    # Tune's console reporter (boxes, tables, TensorBoard hints) would drown the one-line progress printed here;
+    # the legacy engine honours verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
     if ray.is_initialized():
@@ -65,24 +68,34 @@ def init_ray(address: str | None, log: Log) -> None:
                            "RAY_AUTH_TOKEN (see README)") from None
 
 
-def _trainable(config: dict) -> None:
+def _trainable(config: dict, nodes: dict, store_root: str, threads: int) -> None:
     """The Tune trainable: one node per trial, threads capped to the trial's CPUs."""
     import torch
     from ray import tune
 
     from harness.runtime import tune_allocator
-    from harness.stages import NodeFailed, run_node
+    from harness.stages import run_node
 
     tune_allocator()
-    torch.set_num_threads(max(1, int(config["threads"])))
-    store = ArtifactStore(config["store"])
-    node = config["node"]
+    torch.set_num_threads(threads)
+    store = ArtifactStore(store_root)
+    node = nodes[config["key"]]
     try:
         record = run_node(node, store, report=lambda m: tune.report({**m, "final": 0}))
-    except NodeFailed as exc:  # deterministic: say so once, do not retry
-        tune.report({"final": 1, "failed": 1, "error": str(exc)})
+    except Exception as exc:  # noqa: BLE001  (any error of the stage: recorded, never raised into Tune)
+        _failed(store, node, f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
         return
     tune.report({"final": 1, "failed": 0, "seconds": record["seconds"]})
+
+
+def _failed(store: ArtifactStore, node: dict, error: str) -> None:
+    """An exception inside a stage is as good as deterministic (bad data, a bug, a diverging loss): a retry cannot
+    fix it, so it is recorded and the trial ends. Tune's retries are kept for what a retry can fix: a worker or a
+    node that died. (Raising into Tune would also leak the error into the next trial of a reused actor.)"""
+    from ray import tune
+
+    store.write_failure(node["stage"], node["key"], error)
+    tune.report({"final": 1, "failed": 1, "error": error[:2000]})
 
 
 def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log):
@@ -93,7 +106,7 @@ def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log)
             self.done = 0
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            label = labels.get(trial.config["node"]["key"], trial.trial_id)
+            label = labels.get(trial.config["key"], trial.trial_id)
             if result.get("final"):
                 return
             if "epoch" in result:
@@ -106,11 +119,11 @@ def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            log(f"[{stage} {self.done}/{total} done] {labels.get(trial.config['node']['key'], trial.trial_id)}")
+            log(f"[{stage} {self.done}/{total} done] {labels.get(trial.config['key'], trial.trial_id)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            log(f"[{stage} {self.done}/{total} done] FAILED {labels.get(trial.config['node']['key'], '?')}")
+            log(f"[{stage} {self.done}/{total} done] FAILED {labels.get(trial.config['key'], '?')}")
 
     return Progress()
 
@@ -131,16 +144,19 @@ def _run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, ou
     from ray import tune
 
     res = _resources(dag, stage, log)
-    trainable = tune.with_resources(_trainable, res)
+    # the grid is over node keys only and the nodes travel once through the object store: Tune's per-trial
+    # configs (written to every trial folder and to the experiment state) stay small
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, nodes={n.key: n.to_dict() for n in nodes}, store_root=str(store.root),
+                             threads=max(1, int(res["cpu"]))), res)
     labels = {n.key: n.label for n in nodes}
-    space = {"node": tune.grid_search([n.to_dict() for n in nodes]), "store": str(store.root),
-             "threads": max(1, int(res["cpu"]))}
+    space = {"key": tune.grid_search([n.key for n in nodes])}
     name = f"{stage}-{digest(sorted(labels))}"
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=dag["max_concurrent"] or None, reuse_actors=True,
-                                    trial_name_creator=lambda t: f"{stage}-{t.config['node']['key']}",
-                                    trial_dirname_creator=lambda t: f"{stage}-{t.config['node']['key']}"),
+                                    trial_name_creator=lambda t: f"{stage}-{t.config['key']}",
+                                    trial_dirname_creator=lambda t: f"{stage}-{t.config['key']}"),
         run_config=tune.RunConfig(name=name, storage_path=str((out_dir / "tune").resolve()),
                                   failure_config=tune.FailureConfig(max_failures=dag["retries"]), verbose=0,
                                   callbacks=[_progress_callback(stage, len(nodes), labels, log)]),
@@ -148,7 +164,7 @@ def _run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, ou
     grid = tuner.fit()
     errors = {}
     for result in grid:
-        key = result.config["node"]["key"]
+        key = result.config["key"]
         if result.error is not None:
             errors[key] = _error_text(result.error)
         elif not store.done(stage, key):

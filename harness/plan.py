@@ -1,6 +1,7 @@
 """From a validated DAG to stage nodes: the fewest trainings the grid needs, each keyed by what determines it.
 
-A node's key hashes its stage, the settings that change its result, the data's manifest and its inputs' keys:
+A node's key hashes its stage, the settings that change its result, the dataset's name and manifest (not the
+folder it sits in) and its inputs' keys:
 the same pretraining feeds every rule, the same fine-tuned model feeds every attack, and changing one attack's eps
 grid changes only that attack's keys. The device is not part of a key (where a node runs does not name it).
 """
@@ -60,14 +61,15 @@ def build_plan(dag: Dag) -> list[Node]:
                     keyed = {k: v for k, v in cfg.items() if k != "device"}
                     # the manifest's hash names the data, not the folder it sits in
                     keyed["data"] = {k: v for k, v in ds.items() if k not in ("root", "target_classes", "db_limit")}
-                    pre_key = digest({"stage": "pretrain", "config": keyed, "data": fingerprint})
+                    pre_key = digest({"stage": "pretrain", "config": keyed, "dataset": ds_name, "data": fingerprint})
                     nodes.append(Node("pretrain", pre_key, f"pretrain {ds_name}/{backbone}/s{seed}", dict(axes), cfg))
                 for task, opts in spec["tasks"].items():
                     for rule in spec["rules"]:
                         cfg = {**base, "task": {"name": task, **opts}, "finetune": spec["finetune"], "rule": rule}
                         keyed = {k: v for k, v in cfg.items() if k != "device"}
                         keyed["data"] = {k: v for k, v in ds.items() if k != "root"}
-                        key = digest({"stage": "finetune", "config": keyed, "data": fingerprint, "pretrained": pre_key})
+                        key = digest({"stage": "finetune", "config": keyed, "dataset": ds_name, "data": fingerprint,
+                                      "pretrained": pre_key})
                         ft = Node("finetune", key, f"finetune {ds_name}/{backbone}/{task}/{rule}/s{seed}",
                                   {**axes, "task": task, "rule": rule}, cfg,
                                   {"pretrained": pre_key} if pre_key else {})

@@ -13,10 +13,6 @@ from harness.store import ArtifactStore
 Report = Callable[[dict], None]
 
 
-class NodeFailed(RuntimeError):
-    """The node failed for a reason a retry cannot fix (the loss diverged); recorded in the store."""
-
-
 def run_node(node: dict, store: ArtifactStore, report: Report | None = None) -> dict:
     """Run `node` (a `harness.plan.Node` as a dict) unless its result is already in the store; return the record."""
     stage, key = node["stage"], node["key"]
@@ -25,13 +21,7 @@ def run_node(node: dict, store: ArtifactStore, report: Report | None = None) -> 
     report = report or (lambda metrics: None)
     t0 = time.perf_counter()
     runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack}[stage]
-    from workloads.train import DivergenceError
-
-    try:
-        result = runner(node, store, report)
-    except DivergenceError as exc:
-        store.write_failure(stage, key, str(exc))
-        raise NodeFailed(str(exc)) from None
+    result = runner(node, store, report)
     record = {"node": node, "result": result, "seconds": time.perf_counter() - t0}
     store.write_result(stage, key, record)
     return record

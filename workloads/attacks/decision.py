@@ -10,6 +10,8 @@ smallest adversarial found per image; the caller turns that into an eps curve. T
 
 from __future__ import annotations
 
+import warnings
+
 import foolbox as fb
 import torch
 
@@ -42,7 +44,9 @@ def _minimal(make_attack, model: torch.nn.Module, params: dict, ctx: AttackConte
         xs, ys = x[todo], y[todo]
         criterion = fb.criteria.Misclassification(ys)
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=int(params["init_steps"]))
-        starts = init.run(fmodel, xs, criterion)
+        with warnings.catch_warnings():  # "failed to draw sufficient random inputs": handled just below
+            warnings.filterwarnings("ignore", "LinearSearchBlendedUniformNoiseAttack failed", UserWarning)
+            starts = init.run(fmodel, xs, criterion)
         with torch.no_grad():
             has_start = model(starts).argmax(1) != ys
             if not has_start.all():

@@ -1,0 +1,111 @@
+"""`harness run` end to end on real Ray and real MLflow (sqlite): the smoke DAG, its cache, partial re-runs, the
+report, and a failing dataset that does not stop the rest of the grid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from datagen import write_fmnist
+
+from workloads.datasets import prepare
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One real run of dags/smoke.yaml on synthetic Fashion-MNIST-format shards."""
+    work = tmp_path_factory.mktemp("run")
+    write_fmnist(work / "src", n_train=160, n_test=60)
+    prepare("fashion-mnist", work / "fm", src=work / "src")
+    args = ["run", str(ROOT / "dags" / "smoke.yaml"), "--set", f"datasets.fashion-mnist.root={work / 'fm'}",
+            "--out", str(work / "out"), "--results", str(work / "results")]
+    t0 = time.perf_counter()
+    first = harness(*args, cwd=work)
+    return work, args, first, time.perf_counter() - t0
+
+
+def _runs(work: Path, experiment: str = "smoke"):
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'out' / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name(experiment)
+    return mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1000)
+
+
+def test_first_run_executes_every_node_and_reports(smoke):
+    work, _, first, _ = smoke
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "ran: pretrain 1, finetune 4, evaluate 4, attack 13" in first.stderr
+    assert "[finetune 0/4 done]" in first.stderr and "epoch 1/1" in first.stderr  # live progress
+    runs = _runs(work)
+    parents = [r for r in runs if r.data.tags.get("harness.kind") == "run"]
+    children = [r for r in runs if r.data.tags.get("harness.kind") == "node"]
+    assert len(parents) == 1 and len(children) == 22
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    atk = next(c for c in children if c.data.tags.get("axis.attack") == "pgd")
+    assert {"robust_acc/eps_0", "robust_acc/eps_0.1", "success_rate/eps_0.1"} <= set(atk.data.metrics)
+    assert atk.data.tags["axis.rule"] in ("bp", "frsf") and atk.data.params["attack"] == "pgd"
+    for name in ("README.md", "clean.csv", "robustness.csv", "robustness.png", "hashing_attacks.md",
+                 "blackbox.csv", "diagnostics.csv"):
+        assert (work / "results" / name).is_file(), name
+    assert "clean:" in first.stdout and "robustness:" in first.stdout
+
+
+def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
+    work, args, first, first_seconds = smoke
+    assert first.returncode == 0
+    t0 = time.perf_counter()
+    again = harness(*args, "--no-report", cwd=work)
+    seconds = time.perf_counter() - t0
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "ran: pretrain 0, finetune 0, evaluate 0, attack 0" in again.stderr
+    assert "[ray]" not in again.stderr  # nothing to run: Ray is not even started
+    assert seconds < 0.25 * first_seconds
+    changed = harness(*args, "--no-report", "--set", "attacks.1.eps=[0,0.05]", cwd=work)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "ran: pretrain 0, finetune 0, evaluate 0, attack 4" in changed.stderr
+    plan = harness("plan", *args[1:4], "--out", str(work / "out" / "store"), cwd=work)
+    assert plan.returncode == 0 and "attack         13      13       0" in plan.stdout
+
+
+def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
+    write_fmnist(tmp_path / "src", n_train=120, n_test=40)
+    prepare("fashion-mnist", tmp_path / "good", src=tmp_path / "src")
+    prepare("fashion-mnist", tmp_path / "bad", src=tmp_path / "src")
+    shard = next((tmp_path / "bad").glob("test-*.tar"))
+    data = bytearray(shard.read_bytes())
+    data[2000] ^= 0xFF  # one flipped byte inside the test split: its checksum no longer matches
+    shard.write_bytes(bytes(data))
+    dag = tmp_path / "two.yaml"
+    common = {"source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "pad": 2, "train_limit": 16,
+              "test_limit": 8}
+    import yaml
+
+    dag.write_text(yaml.safe_dump({
+        "experiment": "two", "device": "cpu", "rules": ["bp"], "tasks": {"classification": {}},
+        "datasets": {"good": {"root": str(tmp_path / "good"), **common}, "bad": {"root": str(tmp_path / "bad"),
+                                                                                 **common}},
+        "pretrain": {"epochs": 1, "batch_size": 8}, "finetune": {"epochs": 1, "batch_size": 8},
+        "evaluate": {"diagnostic_images": 4}, "retries": 0,
+        "attacks": [{"name": "fgsm", "sources": ["rule"], "eps": [0, 0.1], "n": 4, "batch_size": 4}],
+    }))
+    out = harness("run", str(dag), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"), cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "FAILED pretrain bad/resnet18/s0" in out.stderr and "test-000000.tar" in out.stderr
+    assert "3 node(s) skipped because an input failed" in out.stderr
+    runs = _runs(tmp_path, "two")
+    failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get("harness.kind") == "node"]
+    assert len(failed) == 1 and "test-000000.tar does not match its manifest" in failed[0].data.tags["harness.error"]
+    good = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("axis.dataset") == "good"]
+    assert len(good) == 4  # pretrain, finetune, evaluate, attack of the good dataset all finished
+    assert (tmp_path / "res" / "clean.csv").is_file()  # the report still covers what finished
