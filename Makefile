@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install test test-fast lint bench-rules bench-data fmnist-source data clean
+.PHONY: install demo test test-fast lint bench-rules bench-data fmnist-source data clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ fmnist-source:
 
 data: install fmnist-source
 	$(BIN)/harness data prepare fashion-mnist --out data/fashion-mnist
+
+# The embedded default (PROTOCOL.md section 6) end to end: prepare Fashion-MNIST, run dags/default.yaml on a local
+# Ray instance with MLflow in runs/default/mlflow.db, print the report written to results/default/. A second
+# `make demo` reuses every finished stage.
+demo: install data
+	$(BIN)/harness run dags/default.yaml
 
 # Everything, slow and integration tests included.
 test: install lint fmnist-source

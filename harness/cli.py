@@ -319,19 +319,18 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 def _run_run(args: argparse.Namespace) -> int:
     from harness.dag import load_dag
-    from harness.errors import HarnessError
     from harness.orchestrator import run_dag
+    from harness.report import summary_text
 
     dag = load_dag(args.dag, args.set)
-    summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address)
+    results = None if args.no_report else (args.results or Path("results") / dag.experiment)
+    summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address,
+                      results_dir=results)
     ran = ", ".join(f"{s} {n}" for s, n in summary.ran.items())
     cached = ", ".join(f"{s} {n}" for s, n in summary.cached.items())
     print(f"harness run: {summary.seconds:.0f} s; ran: {ran}; cached: {cached}", file=sys.stderr)
-    if not args.no_report:
-        try:
-            _print_report(summary.tracking_uri, dag.experiment, args.results)
-        except HarnessError as exc:
-            print(f"harness run: no report: {exc}", file=sys.stderr)
+    if summary.report is not None:
+        print(summary_text(summary.report))
     for label, error in summary.failed.values():
         print(f"harness run: FAILED {label}: {error}", file=sys.stderr)
     if summary.skipped:

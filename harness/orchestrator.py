@@ -34,6 +34,7 @@ class RunSummary:
     failed: dict = field(default_factory=dict)  # key -> (label, error)
     skipped: dict = field(default_factory=dict)  # key -> label
     seconds: float = 0.0
+    report: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -179,8 +180,21 @@ def _error_text(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:2000]
 
 
+def _report(tracker: Tracker, experiment: str, results_dir: Path, log: Log) -> dict | None:
+    from harness.report import write_report
+
+    try:
+        report = write_report(tracker.uri, experiment, results_dir)
+    except HarnessError as exc:
+        log(f"[report] not written: {exc}")
+        return None
+    tracker.log_report(results_dir)
+    return report
+
+
 def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
-            log: Log = _log_stderr) -> RunSummary:
+            results_dir: str | Path | None = None, log: Log = _log_stderr) -> RunSummary:
+    """Run what the DAG needs; with `results_dir`, write the report there and attach it to the parent MLflow run."""
     t0 = time.perf_counter()
     out = Path(out_dir or Path("runs") / dag.experiment).resolve()
     store = ArtifactStore(out / "store")
@@ -227,6 +241,8 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                 if n.key not in logged:
                     tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=n in cached)
         status = "FINISHED" if summary.ok else "FAILED"
+        if results_dir is not None:
+            summary.report = _report(tracker, dag.experiment, Path(results_dir), log)
     finally:
         summary.seconds = time.perf_counter() - t0
         tracker.end_parent(status, {"seconds": summary.seconds, "failed": len(summary.failed),

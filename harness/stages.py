@@ -65,13 +65,14 @@ def _evaluate(node: dict, store: ArtifactStore, report: Report) -> dict:
     """Clean metrics on the whole target test split, plus the rule's diagnostics: B-W angle per layer and the
     cosine between the rule's and the exact input gradient."""
     from workloads.attacks import gradient_cosine
+    from workloads.checkpoint import load_checkpoint
     from workloads.train import evaluate_loaded, load_model, make_reader, resolve_device, split_names
 
     path = store.model_path("finetune", node["inputs"]["model"])
-    loaded = load_model(path, "cpu")
+    device = resolve_device(load_checkpoint(path)["config"]["device"])
+    loaded = load_model(path, device)
     cfg = loaded.config
-    device = resolve_device(cfg["device"])
-    metrics = evaluate_loaded(load_model(path, device), device)
+    metrics = evaluate_loaded(loaded, device)
     report({"evaluated": 1})
     _, test_split, _ = split_names(cfg["data"]["root"])
     n = int(node["config"]["diagnostic_images"])

@@ -59,6 +59,11 @@ class Tracker:
             self.client.log_dict(self.parent_id, obj, name)
         self.client.set_terminated(self.parent_id, status=status)
 
+    def log_report(self, folder: str | Path) -> None:
+        """The report's tables and figure as artifacts of this run's parent, under report/."""
+        if self.parent_id is not None:
+            self.client.log_artifacts(self.parent_id, str(folder), "report")
+
     def logged_keys(self) -> set[str]:
         """Node keys that already have a finished child run in this experiment."""
         from mlflow.entities import ViewType

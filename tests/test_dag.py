@@ -117,3 +117,10 @@ def test_plan_trains_each_model_once_and_keys_follow_inputs(shards):
     assert all(retuned[n.label] != n.key for n in nodes if n.stage != "pretrain")
     # the device is not part of any key; the data folder's location is not either, its manifest is
     assert {n.key for n in build_plan(_smoke(shards, "device=cuda"))} == {n.key for n in nodes}
+
+
+def test_two_datasets_with_the_same_content_keep_their_own_nodes(shards, tmp_path):
+    spec = {"experiment": "t", "tasks": {"classification": {}}, "rules": ["bp"],
+            "datasets": {"a": {"root": shards}, "b": {"root": shards}}}
+    nodes = build_plan(load_dag(_write(tmp_path, spec)))
+    assert len({n.key for n in nodes}) == len(nodes) == 6

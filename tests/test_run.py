@@ -52,6 +52,8 @@ def test_first_run_executes_every_node_and_reports(smoke):
     children = [r for r in runs if r.data.tags.get("harness.kind") == "node"]
     assert len(parents) == 1 and len(children) == 22
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    attached = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/README.md", "report/robustness.png", "report/clean.csv"} <= attached
     atk = next(c for c in children if c.data.tags.get("axis.attack") == "pgd")
     assert {"robust_acc/eps_0", "robust_acc/eps_0.1", "success_rate/eps_0.1"} <= set(atk.data.metrics)
     assert atk.data.tags["axis.rule"] in ("bp", "frsf") and atk.data.params["attack"] == "pgd"

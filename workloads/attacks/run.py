@@ -256,7 +256,9 @@ def gradient_cosine(target, batches: Iterable) -> dict:
     if target.handle is None:
         raise ValueError("gradient_cosine needs the model with its rule attached (load_model(..., attach_rule=True))")
     cos = []
+    device = _device(target.model)
     for x, y in batches:
+        x, y = x.to(device), y.to(device)
         grads = []
         for ctx in (contextlib.nullcontext, target.handle.exact):
             xa = x.detach().clone().requires_grad_(True)
