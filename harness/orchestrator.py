@@ -62,6 +62,12 @@ def init_ray(address: str | None, log: Log) -> None:
             ray.init(address=address, **kwargs)
         else:
             log("[ray] starting a local Ray instance on 127.0.0.1")
+            # Ray swaps a loopback node address for the machine's routable one (and then binds its GCS, raylet
+            # and workers to every interface) unless this flag is off; off, every server it starts listens on
+            # 127.0.0.1 only. Only for a local instance: a cluster node must advertise a reachable address.
+            import ray._private.ray_constants as ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise HarnessError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {exc}. Check --address "

@@ -111,3 +111,25 @@ def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
     good = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("axis.dataset") == "good"]
     assert len(good) == 4  # pretrain, finetune, evaluate, attack of the good dataset all finished
     assert (tmp_path / "res" / "clean.csv").is_file()  # the report still covers what finished
+
+
+def test_the_local_ray_instance_listens_on_loopback_only(tmp_path):
+    script = """
+import json, os
+import ray
+import psutil  # ray ships it (ray/thirdparty_files)
+from harness.orchestrator import init_ray
+init_ray(None, lambda m: None)
+tree = [psutil.Process()] + psutil.Process().children(recursive=True)
+pids = {p.pid for p in tree}
+listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in pids}
+print(json.dumps({"node": ray.nodes()[0]["NodeManagerAddress"], "listening": sorted(listening)}))
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["node"] == "127.0.0.1"
+    assert seen["listening"] and set(seen["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
