@@ -147,7 +147,8 @@ class ShardReader:
     def _shard_path(self, shard: ShardInfo) -> str:
         return f"{self.root.rstrip('/')}/{shard.name}"
 
-    def _read_shard(self, shard: ShardInfo) -> _Decoded:
+    def _read_shard(self, shard: ShardInfo, want: int | None = None) -> _Decoded:
+        """Decode the kept samples of one verified shard; with `want`, stop once that many are decoded."""
         where = self._shard_path(shard)
         data = _read_bytes(where)
         if self.verify and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
@@ -170,6 +171,8 @@ class ShardReader:
                 continue
             images.append(decode_image(fields[img_ext], f"shard {where}, sample {key!r}", self._decode_channels()))
             labels.append(label)
+            if want is not None and len(labels) >= want:
+                return _Decoded(images, labels)  # a limit: the rest of the shard is not needed
         if pending:
             key, fields = next(iter(pending.items()))
             raise DataError(f"shard {where}, sample {key!r}: incomplete sample (only {sorted(fields)})")
@@ -215,7 +218,7 @@ class ShardReader:
         if self._cached is None:
             images, labels = [], []
             for shard in self.info.shards:
-                d = self._read_shard(shard)
+                d = self._read_shard(shard, None if self.limit is None else self.limit - len(labels))
                 images += d.images
                 labels += d.labels
                 if self.limit is not None and len(labels) >= self.limit:
