@@ -18,6 +18,7 @@ from harness.tracking import AXES
 
 EPS_METRIC = re.compile(r"^metrics\.(?P<metric>[a-z_0-9]+)/eps_(?P<eps>[0-9.e-]+)$")
 GRADIENT_ATTACKS_ORDER = ("fgsm", "pgd", "apgd", "autoattack")
+ATTACK_ORDER = (*GRADIENT_ATTACKS_ORDER, "square", "boundary", "hsja", "hag", "sdha")
 SOURCE_ORDER = ("rule", "exact", "transfer")
 
 
@@ -98,14 +99,15 @@ def _sort_rules(df: pl.DataFrame, index: list[str]) -> pl.DataFrame:
         return df
     order = {r: i for i, r in enumerate(_rule_order(df["rule"].unique().to_list()))}
     src = {s: i for i, s in enumerate(SOURCE_ORDER)}
-    atk = {a: i for i, a in enumerate(GRADIENT_ATTACKS_ORDER)}
+    atk = {a: i for i, a in enumerate(ATTACK_ORDER)}
     keyed = df.with_columns(
         pl.col("rule").replace_strict(order, default=99).alias("_r"),
         (pl.col("source").replace_strict(src, default=9) if "source" in df.columns else pl.lit(0)).alias("_s"),
         (pl.col("attack").replace_strict(atk, default=9) if "attack" in df.columns else pl.lit(0)).alias("_a"),
     )
     lead = [c for c in index if c not in ("rule", "source", "attack")]
-    return keyed.sort([*lead, "_a", "_s", "_r"]).drop(["_r", "_s", "_a"])
+    names = [c for c in ("attack",) if c in df.columns]  # attacks outside ATTACK_ORDER: by name
+    return keyed.sort([*lead, "_a", *names, "_s", "_r"]).drop(["_r", "_s", "_a"])
 
 
 def clean_table(runs: pl.DataFrame) -> pl.DataFrame:
