@@ -191,7 +191,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                        description="Runs every stage node of the DAG that is not already in the artifact store, one "
                        "Ray Tune run per stage level, logs one MLflow child run per node under one parent run, "
                        "then writes the report. Run it again after an interruption: finished nodes are skipped. "
-                       "Exit code 0 only when every node finished; 1 when a node failed.")
+                       "Exit code 0 only when every node finished; 1 when a node failed; 2 for bad input (the DAG, "
+                       "missing data, an unreachable Ray cluster or MLflow server), reported before any compute.")
     dag_args(r)
     r.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///RUN_FOLDER/mlflow.db; a server: http://HOST:5000)")
@@ -307,7 +308,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     dag = load_dag(args.dag, args.set)
     nodes = build_plan(dag)
-    store = ArtifactStore(args.out or Path("runs") / dag.experiment / "store")
+    store = ArtifactStore(Path(args.out or Path("runs") / dag.experiment) / "store")
     print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
     print(f"{'stage':<10} {'nodes':>6} {'cached':>7} {'to run':>7}")
     for stage in STAGES:

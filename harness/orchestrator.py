@@ -221,31 +221,27 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
             level = [n for n in nodes if n.stage == stage]
             if not level:
                 continue
-            blocked = [n for n in level if any(k in summary.failed or k in summary.skipped
-                                               for k in n.inputs.values())]
-            todo = [n for n in level if n not in blocked and not store.done(stage, n.key)]
-            cached = [n for n in level if n not in blocked and n not in todo]
-            log(f"[{stage}] {len(level)} nodes: {len(cached)} cached, {len(todo)} to run"
+            blocked = {n.key for n in level if any(k in summary.failed or k in summary.skipped
+                                                   for k in n.inputs.values())}
+            todo = [n for n in level if n.key not in blocked and not store.done(stage, n.key)]
+            todo_keys = {n.key for n in todo}
+            log(f"[{stage}] {len(level)} nodes: {len(level) - len(todo) - len(blocked)} cached, {len(todo)} to run"
                 + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
             for n in todo:
                 store.clear_failure(stage, n.key)
             errors = _run_level(dag, stage, todo, store, out, log) if todo else {}
-            for n in blocked:
-                summary.skipped[n.key] = n.label
             for n in level:
-                if n in blocked:
-                    continue
-                if n.key in errors:
+                if n.key in blocked:
+                    summary.skipped[n.key] = n.label
+                elif n.key in errors:
                     summary.failed[n.key] = (n.label, errors[n.key])
                     log(f"[{stage}] FAILED {n.label}: {errors[n.key]}")
                     tracker.log_node(n.to_dict(), None, error=errors[n.key])
-                    continue
-                if n in todo:
-                    summary.ran[stage] += 1
                 else:
-                    summary.cached[stage] += 1
-                if n.key not in logged:
-                    tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=n in cached)
+                    ran = n.key in todo_keys
+                    (summary.ran if ran else summary.cached)[stage] += 1
+                    if n.key not in logged:
+                        tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran)
         status = "FINISHED" if summary.ok else "FAILED"
         if results_dir is not None:
             summary.report = _report(tracker, dag.experiment, Path(results_dir), log)

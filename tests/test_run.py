@@ -76,7 +76,7 @@ def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
     changed = harness(*args, "--no-report", "--set", "attacks.1.eps=[0,0.05]", cwd=work)
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 4" in changed.stderr
-    plan = harness("plan", *args[1:4], "--out", str(work / "out" / "store"), cwd=work)
+    plan = harness("plan", *args[1:4], "--out", str(work / "out"), cwd=work)
     assert plan.returncode == 0 and "attack         13      13       0" in plan.stdout
 
 
