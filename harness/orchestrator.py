@@ -87,8 +87,11 @@ def _trainable(config: dict, nodes: dict, store_root: str, threads: int) -> None
     torch.set_num_threads(threads)
     store = ArtifactStore(store_root)
     node = nodes[config["key"]]
+    import ray
+
     try:
-        record = run_node(node, store, report=lambda m: tune.report({**m, "final": 0}))
+        record = run_node(node, store, report=lambda m: tune.report({**m, "final": 0}),
+                          where={"ray_node_id": ray.get_runtime_context().get_node_id()})
     except Exception as exc:  # noqa: BLE001  (any error of the stage: recorded, never raised into Tune)
         _failed(store, node, f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
         return

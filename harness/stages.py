@@ -5,6 +5,7 @@ notebooks can call it directly.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -13,8 +14,10 @@ from harness.store import ArtifactStore
 Report = Callable[[dict], None]
 
 
-def run_node(node: dict, store: ArtifactStore, report: Report | None = None) -> dict:
-    """Run `node` (a `harness.plan.Node` as a dict) unless its result is already in the store; return the record."""
+def run_node(node: dict, store: ArtifactStore, report: Report | None = None, where: dict | None = None) -> dict:
+    """Run `node` (a `harness.plan.Node` as a dict) unless its result is already in the store; return the record.
+
+    `where` (e.g. the Ray node id) is kept in the record, so a run on a cluster says where each node ran."""
     stage, key = node["stage"], node["key"]
     if store.done(stage, key):  # a retried trial whose first attempt finished just before dying
         return store.result(stage, key)
@@ -22,7 +25,8 @@ def run_node(node: dict, store: ArtifactStore, report: Report | None = None) -> 
     t0 = time.perf_counter()
     runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack}[stage]
     result = runner(node, store, report)
-    record = {"node": node, "result": result, "seconds": time.perf_counter() - t0}
+    record = {"node": node, "result": result, "seconds": time.perf_counter() - t0,
+              "where": {"host": socket.gethostname(), **(where or {})}}
     store.write_result(stage, key, record)
     return record
 

@@ -116,8 +116,8 @@ def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
 def test_the_local_ray_instance_listens_on_loopback_only(tmp_path):
     script = """
 import json, os
+import psutil
 import ray
-import psutil  # ray ships it (ray/thirdparty_files)
 from harness.orchestrator import init_ray
 init_ray(None, lambda m: None)
 tree = [psutil.Process()] + psutil.Process().children(recursive=True)
