@@ -200,8 +200,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance on 127.0.0.1)")
     r.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")
     r.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    p = sub.add_parser("plan", help="what a DAG needs: trainings, evaluations, attacks, and how many are cached")
+    p = sub.add_parser("plan", help="what a DAG needs: trainings, evaluations, attacks, how many are cached, and cost",
+                       description="Counts the stage nodes of a DAG (the trainings are the minimum the grid needs: "
+                       "one pretraining per dataset x backbone x seed, one fine-tuning per task x rule on top), how "
+                       "many are already in the artifact store, and estimates the compute: counted image passes "
+                       "weighted by each backbone's FLOPs, at the rate `harness bench train` measured here or at "
+                       "--tflops (see README, 'What a grid costs'). Works before the data is prepared when the DAG "
+                       "gives `sizes` hints.")
     dag_args(p)
+    p.add_argument("--tflops", type=float, default=None,
+                   help="effective training rate in TFLOP/s to estimate hours with (e.g. measured on your GPU)")
     rep = sub.add_parser("report", help="tables and figures of an experiment, read from MLflow",
                          description="Reads the experiment's finished runs from MLflow into polars and writes "
                          "results/EXPERIMENT/ (CSV, Markdown, PNG, README.md); prints the main tables.")
@@ -302,19 +310,33 @@ def _run_attack(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
+    from harness.cost import dataset_sizes, estimate, measured_rate
     from harness.dag import STAGES, load_dag
     from harness.plan import build_plan
     from harness.store import ArtifactStore
 
     dag = load_dag(args.dag, args.set)
-    nodes = build_plan(dag)
+    nodes = build_plan(dag, require_data=False)
     store = ArtifactStore(Path(args.out or Path("runs") / dag.experiment) / "store")
+    if args.tflops is not None:
+        rate, source = args.tflops * 1e12, f"--tflops {args.tflops:g}"
+    else:
+        rate, source = measured_rate() or (None, "no measured rate (run `harness bench train`)")
+    sizes, sides = dataset_sizes(dag.spec)
+    cost = estimate(nodes, sizes, sides, rate)
     print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
-    print(f"{'stage':<10} {'nodes':>6} {'cached':>7} {'to run':>7}")
+    print(f"{'stage':<10} {'nodes':>7} {'cached':>7} {'to run':>7} {'PFLOP':>10} {'hours':>9}")
+    total_h = 0.0
     for stage in STAGES:
         level = [n for n in nodes if n.stage == stage]
         cached = sum(store.done(stage, n.key) for n in level)
-        print(f"{stage:<10} {len(level):>6} {cached:>7} {len(level) - cached:>7}")
+        c = cost.get(stage, {"pflop": 0.0, "hours": None})
+        hours = "" if c["hours"] is None else f"{c['hours']:.2f}"
+        total_h += c["hours"] or 0.0
+        print(f"{stage:<10} {len(level):>7} {cached:>7} {len(level) - cached:>7} {c['pflop']:>10.3f} {hours:>9}")
+    trainings = sum(n.stage in ("pretrain", "finetune") for n in nodes)
+    print(f"trainings: {trainings} (the minimum for this grid); estimate at {source}"
+          + (f": {total_h:.2f} hours of compute in all" if rate else ""))
     return 0
 
 

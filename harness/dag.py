@@ -47,7 +47,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 DATASET_KEYS = {"root": None, "source_classes": None, "target_classes": None, "pad": 0, "image_size": None,
-                "train_limit": None, "test_limit": None, "db_limit": None}
+                "train_limit": None, "test_limit": None, "db_limit": None,
+                # image counts for `harness plan` before the data is prepared: {train, test, database, ...}
+                "sizes": None,
+                # per-dataset fine-tuning overrides (the paper: 10 epochs on ImageNet and NUS-WIDE, 20 elsewhere)
+                "finetune": None}
 TASK_KEYS = {"classification": {}, "hashing": {"bits": 32, "loss": "csq", "topk": None}}
 ATTACK_KEYS = {"name": None, "sources": None, "eps": None, "n": 500, "batch_size": 250, "params": {}, "rules": None,
                "tasks": None}
@@ -207,6 +211,17 @@ def validate(raw: dict, where: str) -> dict:
         for key in ("image_size", "train_limit", "test_limit", "db_limit"):
             if d[key] is not None:
                 d[key] = _number(d[key], where, f"datasets.{name}.{key}", int, 1, 1e9)
+        if d["finetune"] is not None:
+            over = _mapping(d["finetune"], DEFAULTS["finetune"], where, f"datasets.{name}.finetune")
+            d["finetune"] = {k: _number(over[k], where, f"datasets.{name}.finetune.{k}",
+                                        int if k in ("epochs", "batch_size") else float, 1 if k in ("epochs",
+                                        "batch_size") else 0, 1e9 if k in ("epochs", "batch_size") else 10.0)
+                             for k in d["finetune"]}
+        if d["sizes"] is not None:
+            allowed = {"train": 0, "test": 0, "database": 0, "train_source": 0, "test_source": 0, "image_size": 0}
+            d["sizes"] = {k: _number(v, where, f"datasets.{name}.sizes.{k}", int, 0, 1e10)
+                          for k, v in _mapping(d["sizes"], allowed, where, f"datasets.{name}.sizes").items()
+                          if k in d["sizes"]}
         datasets[name] = d
 
     spec["backbones"] = _names(spec["backbones"], where, "backbones", backbones.available_backbones())

@@ -189,6 +189,22 @@ def _error_text(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:2000]
 
 
+def _check_weights(dag: Dag) -> None:
+    """`weights: imagenet` or a file must be there before anything runs, not discovered by a trial hours later."""
+    from workloads import backbones
+
+    w = dag["weights"]
+    if w is None:
+        return
+    for name in dag["backbones"]:
+        if w == "imagenet" and backbones.imagenet_weights_file(name) is None:
+            raise HarnessError(f"{dag.path}: weights: imagenet, but torchvision's {name} ImageNet weights are not in "
+                               "the local torch hub cache; download them once (torchvision.models."
+                               f"get_weight(...)) or set weights: null to pretrain with BP")
+        if w != "imagenet" and not Path(w).is_file():
+            raise HarnessError(f"{dag.path}: weights: {w} does not exist")
+
+
 def _report(tracker: Tracker, experiment: str, results_dir: Path, log: Log) -> dict | None:
     from harness.report import write_report
 
@@ -209,6 +225,7 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
     store = ArtifactStore(out / "store")
     store.check_writable()
     nodes = build_plan(dag)  # checks every dataset is prepared: before any compute
+    _check_weights(dag)
     uri = tracking_uri or default_uri(out)
     tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
     summary = RunSummary(dag.experiment, str(out), uri)

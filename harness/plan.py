@@ -34,40 +34,47 @@ def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def _fingerprint(root: str, where: str, name: str) -> str:
+def _fingerprint(root: str, where: str, name: str, require: bool = True) -> str:
     manifest = Path(root) / "manifest.json"
     try:
         return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     except FileNotFoundError:
+        if not require:
+            return "unprepared"
         raise DagError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
                        f"`harness data prepare {name} --out {root}` first") from None
 
 
-def build_plan(dag: Dag) -> list[Node]:
-    """Every node of the DAG, stage by stage (pretrain, finetune, evaluate, attack), inputs before users."""
+def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
+    """Every node of the DAG, stage by stage (pretrain, finetune, evaluate, attack), inputs before users.
+
+    With require_data=False a dataset that is not prepared yet still gets its nodes (for `harness plan`); their
+    keys change once it is, so nothing is taken from the store for them."""
     spec = dag.spec
     nodes: list[Node] = []
     finetuned: dict[tuple, Node] = {}
     for ds_name, ds in spec["datasets"].items():
-        fingerprint = _fingerprint(ds["root"], dag.path, ds_name)
+        fingerprint = _fingerprint(ds["root"], dag.path, ds_name, require_data)
         for backbone in spec["backbones"]:
             for seed in spec["seeds"]:
+                data = {k: v for k, v in ds.items() if k not in ("sizes", "finetune")}  # plan-only keys
+                finetune = {**spec["finetune"], **(ds.get("finetune") or {})}
                 base = {"backbone": backbone, "seed": seed, "device": spec["device"], "weights": spec["weights"],
-                        "data": dict(ds)}
+                        "data": data}
                 axes = {"dataset": ds_name, "backbone": backbone, "seed": seed}
                 pre_key = None
                 if spec["weights"] is None:
                     cfg = {**base, "pretrain": spec["pretrain"]}
                     keyed = {k: v for k, v in cfg.items() if k != "device"}
                     # the manifest's hash names the data, not the folder it sits in
-                    keyed["data"] = {k: v for k, v in ds.items() if k not in ("root", "target_classes", "db_limit")}
+                    keyed["data"] = {k: v for k, v in data.items() if k not in ("root", "target_classes", "db_limit")}
                     pre_key = digest({"stage": "pretrain", "config": keyed, "dataset": ds_name, "data": fingerprint})
                     nodes.append(Node("pretrain", pre_key, f"pretrain {ds_name}/{backbone}/s{seed}", dict(axes), cfg))
                 for task, opts in spec["tasks"].items():
                     for rule in spec["rules"]:
-                        cfg = {**base, "task": {"name": task, **opts}, "finetune": spec["finetune"], "rule": rule}
+                        cfg = {**base, "task": {"name": task, **opts}, "finetune": finetune, "rule": rule}
                         keyed = {k: v for k, v in cfg.items() if k != "device"}
-                        keyed["data"] = {k: v for k, v in ds.items() if k != "root"}
+                        keyed["data"] = {k: v for k, v in data.items() if k != "root"}
                         key = digest({"stage": "finetune", "config": keyed, "dataset": ds_name, "data": fingerprint,
                                       "pretrained": pre_key})
                         ft = Node("finetune", key, f"finetune {ds_name}/{backbone}/{task}/{rule}/s{seed}",

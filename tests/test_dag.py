@@ -33,10 +33,30 @@ def _smoke(shards: str, *overrides: str):
     return load_dag(ROOT / "dags" / "smoke.yaml", [f"datasets.fashion-mnist.root={shards}", *overrides])
 
 
-@pytest.mark.parametrize("dag", ["default.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("dag", ["default.yaml", "smoke.yaml", "paper-classification.yaml", "paper-retrieval.yaml"])
 def test_shipped_dags_validate(dag):
     spec = load_dag(ROOT / "dags" / dag).spec
     assert spec["experiment"] == dag.removesuffix(".yaml") and spec["attacks"]
+
+
+def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
+    from harness.cost import dataset_sizes, estimate
+
+    dag = load_dag(ROOT / "dags" / "paper-classification.yaml",
+                   [f"datasets.{d}.root={tmp_path / d}" for d in ("cifar10", "imagenet")])
+    nodes = build_plan(dag, require_data=False)
+    count = {s: sum(n.stage == s for n in nodes) for s in ("pretrain", "finetune", "evaluate", "attack")}
+    # ImageNet weights: no pretraining; 3 backbones x 2 datasets x 4 rules fine-tunings; (3 + 3 + 1 + 1) attacks each
+    assert count == {"pretrain": 0, "finetune": 24, "evaluate": 24, "attack": 24 * 8}
+    epochs = {n.axes["dataset"]: n.config["finetune"]["epochs"] for n in nodes if n.stage == "finetune"}
+    assert epochs == {"cifar10": 20, "imagenet": 10}  # the per-dataset override of the paper's protocol
+    sizes, sides = dataset_sizes(dag.spec)
+    cost = estimate(nodes, sizes, sides, 1e14)
+    # ImageNet fine-tuning dominates; AlexNet/VGG/ResNet at 224 px cost what their FLOPs say
+    assert cost["finetune"]["pflop"] > cost["attack"]["pflop"] > cost["evaluate"]["pflop"] > 0
+    assert cost["finetune"]["hours"] == pytest.approx(cost["finetune"]["pflop"] * 1e15 / 1e14 / 3600)
+    with pytest.raises(DagError, match="holds no prepared data"):
+        build_plan(dag)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -1,0 +1,140 @@
+"""What a plan costs, estimated from counted work and one measured rate.
+
+Method (also in the README):
+1. Count the work of every node in image passes: training = epochs x training images x 3 forward-equivalents
+   (forward + backward for inputs and weights); evaluation = images x 1; a white-box attack step = images x 2
+   (forward + input gradient); a decision-based query = 1. Image counts come from the manifest when the data is
+   prepared, else from the DAG's `sizes` hints. Decision-attack queries are their step budgets times the queries
+   foolbox spends per step (Boundary 2, HSJA its initial gradient evaluations): an upper-bound-ish guess.
+2. Weight each pass by the backbone's forward FLOPs at its input size (torch's FlopCounterMode on one image).
+3. Divide by a FLOP rate: by default the one measured here, `harness bench train` (ResNet-18 32 px training,
+   results/bench/train.json) times 3 x ResNet-18's forward FLOPs; `--tflops` sets a rate measured elsewhere (a GPU:
+   run `harness bench train --device cuda` there). Per-trial overheads (process start, data loading of small
+   nodes) are not in it, so small nodes cost more than estimated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from harness.plan import Node
+
+TRAIN, GRAD, FORWARD = 3.0, 2.0, 1.0
+
+
+@functools.cache
+def forward_flops(backbone: str, size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workloads import backbones
+
+    model = backbones.build(backbone, 10).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def measured_rate(bench_json: str | Path = "results/bench/train.json") -> tuple[float, str] | None:
+    """FLOP/s of this machine's measured ResNet-18 32 px training, from `harness bench train`."""
+    try:
+        r = json.loads(Path(bench_json).read_text())
+        ips = float(r["plain_images_per_s"])
+    except (OSError, KeyError, ValueError):
+        return None
+    return ips * TRAIN * forward_flops("resnet18", 32), f"{r.get('device', '?')} ({ips:.0f} img/s ResNet-18 32px)"
+
+
+def _attack_passes(cfg: dict) -> float:
+    from workloads.attacks import get_attack
+
+    spec = get_attack(cfg["attack"])
+    p = {**spec.defaults, **cfg["params"]}
+    points = sum(1 for e in cfg["eps"] if e > 0)
+    n = cfg["n"]
+    if spec.family == "decision":
+        per_step = 2 if cfg["attack"] == "boundary" else int(p.get("initial_gradient_eval_steps", 100))
+        return n * int(p["steps"]) * per_step * FORWARD
+    steps = 1 if cfg["attack"] == "fgsm" else int(p.get("steps", p.get("queries", 100)))
+    if spec.family == "score":
+        return points * n * steps * FORWARD
+    return points * n * (steps * GRAD + FORWARD)
+
+
+def node_passes(node: Node, sizes: dict[str, dict]) -> float:
+    """Forward-equivalent image passes of a node; `sizes` = dataset -> {train, test, database}."""
+    s = sizes[node.axes["dataset"]]
+    if node.stage == "pretrain":
+        return node.config["pretrain"]["epochs"] * s["train_source"] * TRAIN + s["test_source"] * FORWARD
+    if node.stage == "finetune":
+        db = s["database"] if node.axes["task"] == "hashing" else 0
+        return node.config["finetune"]["epochs"] * s["train"] * TRAIN + (s["test"] + db) * FORWARD
+    if node.stage == "evaluate":
+        db = s["database"] if node.axes["task"] == "hashing" else 0
+        return (s["test"] + db) * FORWARD + node.config["diagnostic_images"] * 2 * GRAD
+    return _attack_passes(node.config)
+
+
+def _count(manifest, split: str, classes) -> int:
+    info = manifest.splits.get(split)
+    if info is None:
+        return 0
+    if classes is None:
+        return info.count
+    return sum(info.class_counts.get(str(c), 0) for c in classes)
+
+
+def dataset_sizes(spec: dict) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per dataset: image counts the stages see (manifest, else the DAG's `sizes` hints) and the native side."""
+    from workloads.datasets import load_manifest
+    from workloads.datasets.errors import DataError
+
+    sizes, sides = {}, {}
+    for name, d in spec["datasets"].items():
+        lim = {k: d.get(f"{k}_limit") for k in ("train", "test", "db")}
+        try:
+            m = load_manifest(d["root"])
+        except (DataError, OSError):
+            m = None
+        if m is None:
+            hint = d.get("sizes") or {}
+            if "train" not in hint or "test" not in hint:
+                raise ValueError(f"datasets.{name}: {d['root']} is not prepared; give `sizes: {{train: N, test: N, "
+                                 "database: N}}` in the DAG to estimate its cost without the data")
+            sizes[name] = {"train": hint["train"], "test": hint["test"], "database": hint.get("database", 0),
+                           "train_source": hint.get("train_source", hint["train"]),
+                           "test_source": hint.get("test_source", hint["test"])}
+            sides[name] = int(d.get("image_size") or hint.get("image_size") or 224)
+        else:
+            test = "test" if "test" in m.splits else ("query" if "query" in m.splits else "val")
+            db = "database" if "database" in m.splits else "train"
+            tgt, src = d.get("target_classes"), d.get("source_classes")
+            sizes[name] = {"train": _count(m, "train", tgt), "test": _count(m, test, tgt),
+                           "database": _count(m, db, tgt), "train_source": _count(m, "train", src),
+                           "test_source": _count(m, test, src)}
+            sides[name] = int(d.get("image_size") or ((m.image.get("height") or 224) + 2 * d.get("pad", 0)))
+        s = sizes[name]
+        for key, limit in (("train", lim["train"]), ("train_source", lim["train"]), ("test", lim["test"]),
+                           ("test_source", lim["test"]), ("database", lim["db"])):
+            if limit is not None:
+                s[key] = min(s[key], limit)
+    return sizes, sides
+
+
+def estimate(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int],
+             rate_flops: float | None) -> dict[str, dict]:
+    """Per stage: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
+    from workloads import backbones
+
+    out: dict[str, dict] = {}
+    for n in nodes:
+        side = backbones.input_size(n.axes["backbone"], sides[n.axes["dataset"]])
+        flops = node_passes(n, sizes) * forward_flops(n.axes["backbone"], side)
+        row = out.setdefault(n.stage, {"nodes": 0, "pflop": 0.0})
+        row["nodes"] += 1
+        row["pflop"] += flops / 1e15
+    for row in out.values():
+        row["hours"] = row["pflop"] * 1e15 / rate_flops / 3600 if rate_flops else None
+    return out
