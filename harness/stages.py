@@ -91,6 +91,7 @@ def _evaluate(node: dict, store: ArtifactStore, report: Report) -> dict:
 
 def _attack(node: dict, store: ArtifactStore, report: Report) -> dict:
     from workloads.attacks import attack_checkpoint
+    from workloads.train import resolve_device
 
     cfg, inputs = node["config"], node["inputs"]
     sibling = store.model_path("finetune", inputs["sibling"]) if "sibling" in inputs else None
@@ -103,14 +104,7 @@ def _attack(node: dict, store: ArtifactStore, report: Report) -> dict:
         report({"eps": row["eps"], "point": len(done), "points": total, metric: row[metric]})
 
     source = None if cfg["source"] in (None, "none") else cfg["source"]
-    device = "cuda" if cfg["device"] in ("auto", "cuda") and _cuda() else ("cpu" if cfg["device"] == "auto"
-                                                                             else cfg["device"])
+    device = str(resolve_device(cfg["device"]))
     return attack_checkpoint(store.model_path("finetune", inputs["model"]), cfg["attack"], source, cfg["eps"],
                              {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
                               "device": device}, sibling=sibling, on_row=on_row)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
