@@ -22,6 +22,14 @@ def alpha_at(step: int, steps: int) -> float:
     return ALPHA_SCHEDULE[min(len(ALPHA_SCHEDULE) - 1, int(step * len(ALPHA_SCHEDULE) / max(steps, 1)))]
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, xh: torch.Tensor, x: torch.Tensor, eps: float) -> None:
+    """One optimiser step on the image alone (no weight gradient is computed), then back into the eps ball."""
+    (xh.grad,) = torch.autograd.grad(loss, xh)
+    opt.step()
+    with torch.no_grad():
+        xh.copy_(project(xh, x, eps))
+
+
 def _hag(model, eps: float, params: dict, ctx: AttackContext):
     """Yang et al. 2020: push the masked inner product of relaxed and clean codes to -1, plus bit balance."""
     steps, margin, beta = int(params["steps"]), float(params["margin"]), float(params["beta"])
@@ -39,10 +47,7 @@ def _hag(model, eps: float, params: dict, ctx: AttackContext):
                 break  # every bit of every image is flipped: the official early stop
             inner = (s * z * h).sum(1) / (s.sum(1) + 1e-8)
             loss = ((inner + 1) ** 2).mean() + beta * (z.mean(1) ** 2).mean()
-            (xh.grad,) = torch.autograd.grad(loss, xh)
-            opt.step()
-            with torch.no_grad():
-                xh.copy_(project(xh, x, eps))
+            _step(opt, loss, xh, x, eps)
         return xh.detach()
 
     return craft
@@ -89,10 +94,7 @@ def _sdha(model, eps: float, params: dict, ctx: AttackContext):
             alone = _surrogate(q, own[:, None, :], sigma)[:, 0] * own_weight
             score = torch.where(n_rel > 0, pushed, alone)
             loss = F.mse_loss(xh, x) - float(params["strength"]) / bits * score.mean()
-            (xh.grad,) = torch.autograd.grad(loss, xh)
-            opt.step()
-            with torch.no_grad():
-                xh.copy_(project(xh, x, eps))
+            _step(opt, loss, xh, x, eps)
         return xh.detach()
 
     return craft
