@@ -101,7 +101,7 @@ def _trainable(config: dict, nodes: dict, store_root: str, threads: int) -> None
 def _failed(store: ArtifactStore, node: dict, error: str) -> None:
     """An exception inside a stage is as good as deterministic (bad data, a bug, a diverging loss): a retry cannot
     fix it, so it is recorded and the trial ends. Tune's retries are kept for what a retry can fix: a worker or a
-    node that died. (Raising into Tune would also leak the error into the next trial of a reused actor.)"""
+    node that died."""
     from ray import tune
 
     store.write_failure(node["stage"], node["key"], error)
