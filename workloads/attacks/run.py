@@ -104,7 +104,7 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
     clean = [scorer.clean(x, y) for x, y in batches]
     eps_grid = check_eps(eps_grid)
     if spec.minimal:
-        rows = _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, scorer)
+        rows = _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid)
         for row in rows:
             if on_row is not None:
                 on_row(row)
@@ -130,7 +130,7 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
     return rows
 
 
-def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, scorer) -> list[dict]:
+def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid) -> list[dict]:
     craft = spec.build(crafting, None, params, ctx)
     torch.manual_seed(ctx.seed)
     crafting.images = 0
