@@ -442,23 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.errors import HarnessError
 
     args = build_parser().parse_args(argv)
+    commands = {"bench": _run_bench, "data": _run_data, "stage": _run_stage, "plan": _run_plan, "run": _run_run,
+                "report": _run_report}
     try:
-        if args.command == "bench":
-            return _run_bench(args)
-        if args.command == "data":
-            return _run_data(args)
-        if args.command == "stage":
-            return _run_stage(args)
-        if args.command == "plan":
-            return _run_plan(args)
-        if args.command == "run":
-            return _run_run(args)
-        if args.command == "report":
-            return _run_report(args)
+        return commands[args.command](args)
     except (ValueError, OSError, HarnessError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
-    raise AssertionError(args.command)
 
 
 if __name__ == "__main__":

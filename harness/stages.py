@@ -106,5 +106,6 @@ def _attack(node: dict, store: ArtifactStore, report: Report) -> dict:
     source = None if cfg["source"] in (None, "none") else cfg["source"]
     device = str(resolve_device(cfg["device"]))
     return attack_checkpoint(store.model_path("finetune", inputs["model"]), cfg["attack"], source, cfg["eps"],
+                             # the gradient cosine is the evaluate stage's, once per model, not once per attack
                              {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
-                              "device": device}, sibling=sibling, on_row=on_row)
+                              "device": device, "diagnostics": False}, sibling=sibling, on_row=on_row)

@@ -88,7 +88,7 @@ class Tracker:
             tags["harness.error"] = error[:4000]
         run = self.client.create_run(self.experiment_id, run_name=node["label"], tags=tags)
         rid = run.info.run_id
-        params = {**{k: v for k, v in axes.items()}, **_flat(node["config"])}
+        params = {**axes, **_flat(node["config"])}
         metrics = node_metrics(node["stage"], record["result"]) if record else {}
         if record:
             metrics["seconds"] = record.get("seconds", 0.0)

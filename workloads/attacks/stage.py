@@ -5,7 +5,8 @@
 
 Config keys (all optional): n (test images attacked, default 500), batch_size (default 250), params (the attack's
 own, e.g. {"steps": 50}), db_limit (hashing: database items ranked against), device ("cpu"), seed (default: the
-checkpoint's). The images are the first n of the target test split, in shard order, the same for every model.
+checkpoint's), diagnostics (default True: the rule-vs-exact input-gradient cosine on the first batch). The images
+are the first n of the target test split, in shard order, the same for every model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from workloads.attacks.run import attack, gradient_cosine, validate
 
-STAGE_DEFAULTS = {"n": 500, "batch_size": 250, "params": {}, "db_limit": None, "device": "cpu", "seed": None}
+STAGE_DEFAULTS = {"n": 500, "batch_size": 250, "params": {}, "db_limit": None, "device": "cpu", "seed": None,
+                  "diagnostics": True}
 
 
 def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | None, eps_grid: list[float],
@@ -46,6 +48,6 @@ def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | No
     rows = attack(target, attack_name, source, eps_grid, batches, sibling=twin, params=cfg["params"], seed=seed,
                   database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
-    diagnostics = gradient_cosine(target, batches[:1]) if target.handle is not None else {}
+    diagnostics = gradient_cosine(target, batches[:1]) if cfg["diagnostics"] and target.handle is not None else {}
     return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": attack_name,
             "source": source, "rows": rows, "diagnostics": diagnostics, "seconds": seconds, "seed": seed}
