@@ -184,6 +184,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a DAG value, dotted keys, list items by index (e.g. --set finetune.epochs=1 "
                        "--set attacks.0.eps=[0,0.1])")
+        p.add_argument("--overrides", action="append", default=[], metavar="FILE",
+                       help="a YAML file of DAG values merged over the DAG, e.g. the best.yaml `harness tune` "
+                       "writes (repeatable; --set applies after)")
         p.add_argument("--out", default=None,
                        help="run folder: artifact store, MLflow sqlite store, Tune logs (default: runs/EXPERIMENT)")
 
@@ -210,6 +213,31 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     dag_args(p)
     p.add_argument("--tflops", type=float, default=None,
                    help="effective training rate in TFLOP/s to estimate hours with (e.g. measured on your GPU)")
+    t = sub.add_parser("tune", help="hyper-parameter search for fine-tuning per rule (Ray Tune, ASHA)",
+                       description="Searches lr_backbone, lr_head, weight_decay and epochs for each rule on one "
+                       "cell of the DAG (dataset x backbone x task; the first of each unless named), scoring "
+                       "every epoch on a held-out part of the training split and stopping poor trials early with "
+                       "ASHA. The DAG's own setting is scored too and kept unless a trial beats it. Writes the "
+                       "winners as a DAG override file (use it with `harness run DAG --overrides FILE`), a figure "
+                       "of the validation curves, and one MLflow parent run with a child per trial.")
+    dag_args(t)
+    t.add_argument("--rules", type=_csv, default=None, help="comma list (default: the DAG's rules)")
+    t.add_argument("--samples", type=int, default=8, help="settings drawn per rule (default: %(default)s)")
+    t.add_argument("--max-epochs", type=int, default=None,
+                   help="epochs a trial may run, ASHA's max_t (default: twice the DAG's fine-tuning epochs)")
+    t.add_argument("--validation", type=float, default=0.2,
+                   help="fraction of the training split held out to score trials (default: %(default)s)")
+    t.add_argument("--spread", type=float, default=10.0,
+                   help="each value is drawn log-uniformly in [v/SPREAD, v*SPREAD] around the DAG's v "
+                   "(default: %(default)s)")
+    t.add_argument("--dataset", default=None, help="the DAG dataset to tune on (default: the first)")
+    t.add_argument("--backbone", default=None, help="the DAG backbone to tune on (default: the first)")
+    t.add_argument("--task", default=None, help="the DAG task to tune on (default: the first)")
+    t.add_argument("--write", default=None, help="override file to write (default: RUN_FOLDER/tune/best.yaml)")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///RUN_FOLDER/mlflow.db)")
+    t.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance on 127.0.0.1)")
     rep = sub.add_parser("report", help="tables and figures of an experiment, read from MLflow",
                          description="Reads the experiment's finished runs from MLflow into polars and writes "
                          "results/EXPERIMENT/ (CSV, Markdown, PNG, README.md); prints the main tables.")
@@ -315,7 +343,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from harness.plan import build_plan
     from harness.store import ArtifactStore
 
-    dag = load_dag(args.dag, args.set)
+    dag = load_dag(args.dag, args.set, args.overrides)
     nodes = build_plan(dag, require_data=False)
     store = ArtifactStore(Path(args.out or Path("runs") / dag.experiment) / "store")
     if args.tflops is not None:
@@ -345,7 +373,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from harness.orchestrator import run_dag
     from harness.report import summary_text
 
-    dag = load_dag(args.dag, args.set)
+    dag = load_dag(args.dag, args.set, args.overrides)
     results = None if args.no_report else (args.results or Path("results") / dag.experiment)
     summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address,
                       results_dir=results)
@@ -359,6 +387,20 @@ def _run_run(args: argparse.Namespace) -> int:
     if summary.skipped:
         print(f"harness run: {len(summary.skipped)} node(s) skipped because an input failed", file=sys.stderr)
     return 0 if summary.ok else 1
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from harness.dag import load_dag
+    from harness.search import Settings, format_result, tune_dag
+
+    dag = load_dag(args.dag, args.set, args.overrides)
+    settings = Settings(rules=args.rules, samples=args.samples, max_epochs=args.max_epochs,
+                        validation=args.validation, spread=args.spread, dataset=args.dataset,
+                        backbone=args.backbone, task=args.task)
+    result = tune_dag(dag, settings, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address,
+                      override_path=args.write, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_result(result))
+    return 0
 
 
 def _print_report(uri: str, experiment: str, results: str | None) -> None:
@@ -443,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     commands = {"bench": _run_bench, "data": _run_data, "stage": _run_stage, "plan": _run_plan, "run": _run_run,
-                "report": _run_report}
+                "tune": _run_tune, "report": _run_report}
     try:
         return commands[args.command](args)
     except (ValueError, OSError, HarnessError) as exc:

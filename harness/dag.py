@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "attacks": [],
     "pretrain": {"epochs": 2, "batch_size": 128, "lr": 1e-3, "weight_decay": 5e-4},
     "finetune": {"epochs": 2, "batch_size": 64, "lr_backbone": 1e-5, "lr_head": 1e-4, "weight_decay": 5e-4},
+    # fine-tuning settings for some cells only, as `harness tune` writes them:
+    # {"DATASET/BACKBONE/TASK/RULE": {lr_head: ..., ...}}, '*' for any; the more specific pattern wins
+    "finetune_by_cell": {},
     "evaluate": {"diagnostic_images": 250},
     "resources": {s: {"cpu": 1, "gpu": 0} for s in STAGES},
     "retries": 1,
@@ -102,7 +105,32 @@ def apply_overrides(spec: dict, overrides: list[str], where: str) -> dict:
     return spec
 
 
-def load_dag(path: str | Path, overrides: list[str] | None = None) -> Dag:
+def merge_override(spec: dict, override: dict) -> dict:
+    """`override` laid over `spec`: mappings merge key by key, anything else (lists included) is replaced."""
+    out = copy.deepcopy(spec)
+    for k, v in override.items():
+        out[k] = merge_override(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _override_file(path: str | Path) -> dict:
+    where = str(path)
+    try:
+        value = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise DagError(f"override file {where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DagError(f"override file {where} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise DagError(f"override file {where} is not valid YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise DagError(f"override file {where}: the top level must be a mapping of DAG keys")
+    return value
+
+
+def load_dag(path: str | Path, overrides: list[str] | None = None, files: list[str] | None = None) -> Dag:
+    """The validated DAG at `path`, with override `files` (YAML, e.g. what `harness tune` writes) merged over it
+    in order, then the `--set` `overrides`."""
     where = str(path)
     try:
         text = Path(path).read_text()
@@ -116,8 +144,12 @@ def load_dag(path: str | Path, overrides: list[str] | None = None) -> Dag:
         raise DagError(f"{where} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise DagError(f"{where}: the top level must be a mapping of keys (experiment, datasets, rules, ...)")
+    for file in files or []:
+        raw = merge_override(raw, _override_file(file))
+    if files:
+        where = f"{where} (with {', '.join(map(str, files))})"
     raw = apply_overrides(raw, overrides or [], where)
-    return Dag(where, validate(raw, where))
+    return Dag(str(path), validate(raw, where))
 
 
 def _fail(where: str, key: str, msg: str) -> DagError:
@@ -168,6 +200,50 @@ def _classes(value: Any, where: str, key: str) -> list[int] | None:
     return out
 
 
+def _finetune_override(value: Any, where: str, key: str) -> dict:
+    """A partial `finetune` section: only the keys it sets, each checked like the full section's."""
+    over = _mapping(value, DEFAULTS["finetune"], where, key)
+    counts = ("epochs", "batch_size")
+    return {k: _number(over[k], where, f"{key}.{k}", int if k in counts else float, 1 if k in counts else 0,
+                       1e9 if k in counts else 10.0) for k in value}
+
+
+CELL_AXES = ("dataset", "backbone", "task", "rule")
+
+
+def _finetune_by_cell(spec: dict, where: str) -> dict:
+    cells = spec["finetune_by_cell"] or {}
+    if not isinstance(cells, dict):
+        raise _fail(where, "finetune_by_cell", "expected a mapping 'DATASET/BACKBONE/TASK/RULE' -> {lr_head: ...}")
+    known = {"dataset": list(spec["datasets"]), "backbone": spec["backbones"], "task": list(spec["tasks"]),
+             "rule": spec["rules"]}
+    out = {}
+    for pattern, value in cells.items():
+        key = f"finetune_by_cell.{pattern}"
+        parts = str(pattern).split("/")
+        if len(parts) != len(CELL_AXES):
+            raise _fail(where, key, "expected DATASET/BACKBONE/TASK/RULE, each a name of this DAG or '*'")
+        for axis, part in zip(CELL_AXES, parts, strict=True):
+            if part != "*" and part not in known[axis]:
+                raise _fail(where, key, f"{axis} {part!r} is not in this DAG; allowed: {', '.join(known[axis])}, *")
+        out[str(pattern)] = _finetune_override(value, where, key)
+    return out
+
+
+def cell_finetune(spec: dict, cell: dict) -> dict:
+    """The fine-tuning settings of one cell: the DAG's, the dataset's, then the matching finetune_by_cell
+    patterns from the least to the most specific."""
+    out = {**spec["finetune"], **(spec["datasets"][cell["dataset"]].get("finetune") or {})}
+    matching = []
+    for i, (pattern, value) in enumerate(spec["finetune_by_cell"].items()):
+        parts = pattern.split("/")
+        if all(p in ("*", str(cell[a])) for a, p in zip(CELL_AXES, parts, strict=True)):
+            matching.append((sum(p != "*" for p in parts), i, value))
+    for _, _, value in sorted(matching, key=lambda m: m[:2]):
+        out.update(value)
+    return out
+
+
 def validate(raw: dict, where: str) -> dict:
     """The full spec with defaults filled in, or a DagError naming the first problem."""
     import rules
@@ -212,11 +288,7 @@ def validate(raw: dict, where: str) -> dict:
             if d[key] is not None:
                 d[key] = _number(d[key], where, f"datasets.{name}.{key}", int, 1, 1e9)
         if d["finetune"] is not None:
-            over = _mapping(d["finetune"], DEFAULTS["finetune"], where, f"datasets.{name}.finetune")
-            d["finetune"] = {k: _number(over[k], where, f"datasets.{name}.finetune.{k}",
-                                        int if k in ("epochs", "batch_size") else float, 1 if k in ("epochs",
-                                        "batch_size") else 0, 1e9 if k in ("epochs", "batch_size") else 10.0)
-                             for k in d["finetune"]}
+            d["finetune"] = _finetune_override(d["finetune"], where, f"datasets.{name}.finetune")
         if d["sizes"] is not None:
             allowed = {"train": 0, "test": 0, "database": 0, "train_source": 0, "test_source": 0, "image_size": 0}
             d["sizes"] = {k: _number(v, where, f"datasets.{name}.sizes.{k}", int, 0, 1e10)
@@ -243,6 +315,7 @@ def validate(raw: dict, where: str) -> dict:
         tasks[name] = t
     spec["tasks"] = tasks
     spec["rules"] = _names(spec["rules"], where, "rules", rules.available_rules())
+    spec["finetune_by_cell"] = _finetune_by_cell(spec, where)
 
     for stage in ("pretrain", "finetune", "evaluate"):
         s = _mapping(spec[stage], DEFAULTS[stage], where, stage)

@@ -138,7 +138,7 @@ def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log)
     return Progress()
 
 
-def _resources(dag: Dag, stage: str, log: Log) -> dict:
+def stage_resources(dag: Dag, stage: str, log: Log) -> dict:
     import ray
 
     want = dag["resources"][stage]
@@ -149,11 +149,11 @@ def _resources(dag: Dag, stage: str, log: Log) -> dict:
     return {"cpu": want["cpu"], "gpu": want["gpu"] if have_gpu else 0}
 
 
-def _run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out_dir: Path, log: Log) -> dict:
+def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out_dir: Path, log: Log) -> dict:
     """Run `nodes` as one Tune run; returns key -> error for the nodes that did not finish."""
     from ray import tune
 
-    res = _resources(dag, stage, log)
+    res = stage_resources(dag, stage, log)
     # the grid is over node keys only and the nodes travel once through the object store: Tune's per-trial
     # configs (written to every trial folder and to the experiment state) stay small
     trainable = tune.with_resources(
@@ -249,7 +249,7 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                 + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
             for n in todo:
                 store.clear_failure(stage, n.key)
-            errors = _run_level(dag, stage, todo, store, out, log) if todo else {}
+            errors = run_level(dag, stage, todo, store, out, log) if todo else {}
             for n in level:
                 if n.key in blocked:
                     summary.skipped[n.key] = n.label

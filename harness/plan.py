@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.dag import STAGES, Dag, DagError
+from harness.dag import STAGES, Dag, DagError, cell_finetune
 
 
 @dataclass
@@ -58,7 +58,6 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
         for backbone in spec["backbones"]:
             for seed in spec["seeds"]:
                 data = {k: v for k, v in ds.items() if k not in ("sizes", "finetune")}  # plan-only keys
-                finetune = {**spec["finetune"], **(ds.get("finetune") or {})}
                 base = {"backbone": backbone, "seed": seed, "device": spec["device"], "weights": spec["weights"],
                         "data": data}
                 axes = {"dataset": ds_name, "backbone": backbone, "seed": seed}
@@ -72,6 +71,7 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
                     nodes.append(Node("pretrain", pre_key, f"pretrain {ds_name}/{backbone}/s{seed}", dict(axes), cfg))
                 for task, opts in spec["tasks"].items():
                     for rule in spec["rules"]:
+                        finetune = cell_finetune(spec, {**axes, "task": task, "rule": rule})
                         cfg = {**base, "task": {"name": task, **opts}, "finetune": finetune, "rule": rule}
                         keyed = {k: v for k, v in cfg.items() if k != "device"}
                         keyed["data"] = {k: v for k, v in data.items() if k != "root"}

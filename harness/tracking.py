@@ -45,18 +45,22 @@ class Tracker:
                                 "(a server must be running and reachable, e.g. http://127.0.0.1:5000)") from None
         self.parent_id: str | None = None
 
-    def start_parent(self, name: str, params: dict, tags: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"harness.kind": "run", **tags})
+    def start_parent(self, name: str, params: dict, tags: dict, kind: str = "run") -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"harness.kind": kind, **tags})
         self.parent_id = run.info.run_id
         self._log(run.info.run_id, params=params)
         return self.parent_id
 
-    def end_parent(self, status: str, metrics: dict, artifacts: dict[str, object] | None = None) -> None:
+    def end_parent(self, status: str, metrics: dict, artifacts: dict[str, object] | None = None,
+                   files: list[str | Path] | None = None, params: dict | None = None) -> None:
+        """Close the parent run: `artifacts` are objects written as JSON/YAML, `files` are copied as they are."""
         if self.parent_id is None:
             return
-        self._log(self.parent_id, metrics=metrics)
+        self._log(self.parent_id, params=params, metrics=metrics)
         for name, obj in (artifacts or {}).items():
             self.client.log_dict(self.parent_id, obj, name)
+        for f in files or []:
+            self.client.log_artifact(self.parent_id, str(f))
         self.client.set_terminated(self.parent_id, status=status)
 
     def log_report(self, folder: str | Path) -> None:
@@ -98,6 +102,23 @@ class Tracker:
         elif error:
             self.client.log_text(rid, error, "error.txt")
         self.client.set_terminated(rid, status="FAILED" if error else "FINISHED")
+        return rid
+
+    def log_child(self, name: str, tags: dict, params: dict, metrics: dict,
+                  series: dict[str, list[tuple[int, float]]] | None = None, status: str = "FINISHED") -> str:
+        """A finished child run of the parent: `series` are per-step metrics (e.g. val per epoch)."""
+        from mlflow.entities import Metric
+
+        if self.parent_id:
+            tags = {**tags, "mlflow.parentRunId": self.parent_id}
+        rid = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        self._log(rid, params=params, metrics=metrics)
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, step) for k, rows in (series or {}).items() for step, v in rows
+                  if _finite(v)]
+        for i in range(0, len(points), 1000):
+            self.client.log_batch(rid, metrics=points[i : i + 1000])
+        self.client.set_terminated(rid, status=status)
         return rid
 
     def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None) -> None:

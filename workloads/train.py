@@ -69,7 +69,8 @@ class Loaded:
     checkpoint: dict
 
 
-def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int) -> ShardReader:
+def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int,
+                holdout: float = 0.0, part: str = "all") -> ShardReader:
     data = cfg["data"]
     manifest = load_manifest(data["root"])
     fixed = manifest.image.get("height")
@@ -77,7 +78,7 @@ def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size
     size = data.get("image_size") or backbones.input_size(cfg["backbone"], native)
     resize = None if (fixed is not None and size == native) else size
     return ShardReader(data["root"], split, batch_size=batch_size, shuffle=shuffle, seed=seed, classes=classes,
-                       limit=limit, pad=data.get("pad", 0), image_size=resize, channels=3)
+                       limit=limit, pad=data.get("pad", 0), image_size=resize, channels=3, holdout=holdout, part=part)
 
 
 def split_names(root: str) -> tuple[str, str, str]:
@@ -115,7 +116,8 @@ def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x
 
 
 def _fit(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.optim.Optimizer, epochs: int,
-         stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None) -> list:
+         stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None,
+         validate: Callable[[], dict] | None = None) -> list:
     history = []
     for epoch in range(epochs):
         reader.set_epoch(epoch)
@@ -131,6 +133,8 @@ def _fit(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.opt
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{total / n:.4f}")
         row = {"epoch": epoch, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0, "samples": n}
+        if validate is not None:
+            row.update(validate())
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
@@ -184,6 +188,17 @@ class _Eval(torch.nn.Module):
 def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | Path, progress: bool = True,
              on_epoch: Callable[[int, dict], None] | None = None) -> Path:
     """Fine-tune every layer under `rule` with a new task head on the target classes; evaluates at the end."""
+    loaded = finetune_model(pretrained, rule, config, progress, on_epoch)
+    device = resolve_device(loaded.config["device"])
+    loaded.checkpoint["metrics"] = evaluate_loaded(loaded, device)
+    return save_checkpoint(loaded.checkpoint, out)
+
+
+def finetune_model(pretrained: str | Path | None, rule: str, config: dict, progress: bool = True,
+                   on_epoch: Callable[[int, dict], None] | None = None, validation: float = 0.0) -> Loaded:
+    """`finetune` without the test-set evaluation and without saving: the trained model, its rule handle and the
+    checkpoint it would write (no metrics). With `validation` > 0 that fraction of the training split is held out
+    (by sample key) and scored after every epoch: `val_<metric>` in each epoch row, e.g. val_top1 or val_map."""
     cfg = merge(DEFAULTS, config)
     rules.get_rule(rule)
     f, seed = cfg["finetune"], int(cfg["seed"])
@@ -203,15 +218,40 @@ def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | 
         {"params": model.head_parameters(), "lr": f["lr_head"]},
     ], betas=(0.9, 0.999), weight_decay=f["weight_decay"])
     train_split, _, _ = split_names(cfg["data"]["root"])
-    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed)
-    history = _fit(model, task, reader, opt, f["epochs"], f"finetune[{rule}]", device, progress, on_epoch)
+    part = "fit" if validation > 0 else "all"
+    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed,
+                         validation, part)
+    validate = _validator(cfg, task, model, device, validation) if validation > 0 else None
+    history = _fit(model, task, reader, opt, f["epochs"], f"finetune[{rule}]", device, progress, on_epoch, validate)
     ckpt = {
         "kind": "finetune", "rule": rule, "config": cfg, "pretrained": str(pretrained) if pretrained else None,
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "rule_state": handle.state_dict(),
         "task_state": task.state_dict(), "history": history,
     }
-    ckpt["metrics"] = evaluate_loaded(Loaded(model, handle, task, cfg, ckpt), device)
-    return save_checkpoint(ckpt, out)
+    return Loaded(model, handle, task, cfg, ckpt)
+
+
+def _validator(cfg: dict, task: Task, model: torch.nn.Module, device: torch.device,
+               fraction: float) -> Callable[[], dict]:
+    """Scores the model on the held-out part of the training split (hashing: against the fit part as database)."""
+    data, seed = cfg["data"], int(cfg["seed"])
+    classes = data.get("target_classes")
+    train_split, _, _ = split_names(data["root"])
+    fit_limit = data.get("train_limit")
+    # as many held-out images per fit image as in the whole split: a train_limit shrinks both alike
+    limit = None if fit_limit is None else max(1, math.ceil(fit_limit * fraction / (1 - fraction)))
+    held = make_reader(cfg, train_split, classes, limit, False, 256, seed, fraction, "holdout")
+    db = None
+    if task.kind == "hashing":
+        db = make_reader(cfg, train_split, classes, data.get("db_limit") or fit_limit, False, 256, seed, fraction,
+                         "fit")
+    scored = _Eval(model, device)
+
+    def validate() -> dict:
+        metrics = task.evaluate(scored, held, db) if db is not None else task.evaluate(scored, held)
+        return {f"val_{task.metric}": metrics[task.metric]}
+
+    return validate
 
 
 def make_task(cfg: dict, num_classes: int, label_kind: str) -> Task:

@@ -6,6 +6,9 @@
         data.set_epoch(epoch)              # new, reproducible order per (seed, epoch)
         for x, y in data: ...              # x: float32 N x C x H x W in [0, 1]; y: int64 (or multi-hot float32)
 
+    fit = ShardReader(root, "train", holdout=0.1, part="fit")        # 90% of train ...
+    val = ShardReader(root, "train", holdout=0.1, part="holdout")    # ... and the other 10%, for validation
+
 Every shard is checked against its manifest checksum as it is read; a damaged shard is an error naming the shard
 and the sample key, never a silently skipped sample. Pad, resize and grey-to-RGB happen here, once per batch, so
 the model only ever sees the final size. Small splits are decoded once and kept in memory (`cache`).
@@ -71,6 +74,8 @@ class ShardReader:
         world_size: int | None = None,
         cache: bool | None = None,
         verify: bool = True,
+        holdout: float = 0.0,
+        part: str = "all",
     ) -> None:
         self.root = str(root)
         self.manifest: Manifest = load_manifest(root)
@@ -83,6 +88,14 @@ class ShardReader:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.pad, self.image_size, self.channels, self.drop_last = pad, image_size, channels, drop_last
         self.limit, self.verify = limit, verify
+        if not 0.0 <= holdout < 1.0:
+            raise DataError(f"holdout must be a fraction in [0, 1), got {holdout}")
+        if part not in ("all", "fit", "holdout") or (part != "all") != (holdout > 0):
+            raise DataError(f"part={part!r} with holdout={holdout}: use part 'fit' or 'holdout' with a holdout "
+                            "fraction > 0, or part 'all' without one")
+        # a sample belongs to the holdout by a hash of its key: the same samples whatever the shard order, the
+        # limit or the number of workers, and never seen by the fit part
+        self.part, self._holdout_cut = part, int(holdout * 2**32)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -121,6 +134,8 @@ class ShardReader:
         """Samples this rank yields per epoch (before drop_last)."""
         if self.cache:
             return len(self._rank_slice(np.arange(len(self._load_all().labels))))
+        if self.part != "all":
+            raise TypeError("the length of a streamed split with a holdout is known only after a pass")
         if self.classes is None:
             kept = self.info.count
         elif self.manifest.label_kind == "single":
@@ -167,7 +182,7 @@ class ShardReader:
             if img_ext is None or lab_ext is None:
                 raise DataError(f"shard {where}, sample {key!r}: expected an image and a label, got {sorted(fields)}")
             label = decode_label(lab_ext, fields[lab_ext], f"shard {where}, sample {key!r}", self.manifest.num_classes)
-            if not self._keep(label):
+            if not self._keep(label) or not self._in_part(key):
                 continue
             images.append(decode_image(fields[img_ext], f"shard {where}, sample {key!r}", self._decode_channels()))
             labels.append(label)
@@ -210,6 +225,11 @@ class ShardReader:
             return self._remap[label] >= 0
         return any(self._remap[i] >= 0 for i in label)
 
+    def _in_part(self, key: str) -> bool:
+        if self.part == "all":
+            return True
+        return (zlib.crc32(key.encode()) < self._holdout_cut) == (self.part == "holdout")
+
     def _decode_channels(self) -> int | None:
         return 1 if self.channels == 1 else None  # grey stays 1 channel until the batch is expanded (cheaper)
 
@@ -226,7 +246,8 @@ class ShardReader:
             if self.limit is not None:
                 images, labels = images[: self.limit], labels[: self.limit]
             if not labels:
-                raise DataError(f"{self.root}: split {self.split!r} has no sample of classes {self.classes}")
+                part = "" if self.part == "all" else f" ({self.part} part)"
+                raise DataError(f"{self.root}: split {self.split!r}{part} has no sample of classes {self.classes}")
             if self.manifest.image.get("height") is not None:
                 images = np.stack(images)
             self._cached = _Decoded(images, labels)

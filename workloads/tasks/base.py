@@ -12,6 +12,8 @@ class Task:
     name: ClassVar[str]
     # "classification" attacks use cross-entropy; hashing attacks (HAG, SDHA) use codes.
     kind: ClassVar[str]
+    # the key of `evaluate`'s result that ranks models (higher is better): what validation and search optimise
+    metric: ClassVar[str]
 
     def __init__(self, num_classes: int, label_kind: str = "single", **options: Any) -> None:
         self.num_classes = num_classes

@@ -15,6 +15,7 @@ class Classification(Task):
 
     name = "classification"
     kind = "classification"
+    metric = "top1"
 
     def __init__(self, num_classes: int, label_kind: str = "single", **options) -> None:
         if label_kind != "single":

@@ -39,6 +39,7 @@ class Hashing(Task):
 
     name = "hashing"
     kind = "hashing"
+    metric = "map"
 
     def __init__(self, num_classes: int, label_kind: str = "single", bits: int = 32, loss: str = "csq",
                  alpha: float = 1.0, quantization: float = 1e-4, topk: int | None = None, seed: int = 0) -> None:
