@@ -350,7 +350,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         rate, source = args.tflops * 1e12, f"--tflops {args.tflops:g}"
     else:
         rate, source = measured_rate() or (None, "no measured rate (run `harness bench train`)")
-    sizes, sides = dataset_sizes(dag.spec)
+    sizes, sides = dataset_sizes(dag.spec, dag.path)
     cost = estimate(nodes, sizes, sides, rate)
     print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
     print(f"{'stage':<10} {'nodes':>7} {'cached':>7} {'to run':>7} {'PFLOP':>10} {'hours':>9}")

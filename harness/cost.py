@@ -92,8 +92,9 @@ def _count(manifest, split: str, classes) -> int:
     return sum(info.class_counts.get(str(c), 0) for c in classes)
 
 
-def dataset_sizes(spec: dict) -> tuple[dict[str, dict], dict[str, int]]:
-    """Per dataset: image counts the stages see (manifest, else the DAG's `sizes` hints) and the native side."""
+def dataset_sizes(spec: dict, where: str) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per dataset: image counts the stages see (manifest, else the DAG's `sizes` hints) and the native side;
+    `where` (the DAG file) names the input in errors."""
     from workloads.datasets import load_manifest
     from workloads.datasets.errors import DataError
 
@@ -107,8 +108,8 @@ def dataset_sizes(spec: dict) -> tuple[dict[str, dict], dict[str, int]]:
         if m is None:
             hint = d.get("sizes") or {}
             if "train" not in hint or "test" not in hint:
-                raise ValueError(f"datasets.{name}: {d['root']} is not prepared; give `sizes: {{train: N, test: N, "
-                                 "database: N}}` in the DAG to estimate its cost without the data")
+                raise ValueError(f"{where}: datasets.{name}: {d['root']} is not prepared; give `sizes: {{train: N, "
+                                 "test: N, database: N}}` in the DAG to estimate its cost without the data")
             sizes[name] = {"train": hint["train"], "test": hint["test"], "database": hint.get("database", 0),
                            "train_source": hint.get("train_source", hint["train"]),
                            "test_source": hint.get("test_source", hint["test"])}

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 STAGES = ("pretrain", "finetune", "evaluate", "attack")
+MAX_SIDE = 4096
 
 DEFAULTS: dict[str, Any] = {
     "experiment": None,
@@ -105,6 +106,16 @@ def apply_overrides(spec: dict, overrides: list[str], where: str) -> dict:
     return spec
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where in the file and what is wrong (PyYAML's own message spans several, with a text excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return (f"line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or 'syntax error'}"
+            + (f" ({context})" if context else ""))
+
+
 def merge_override(spec: dict, override: dict) -> dict:
     """`override` laid over `spec`: mappings merge key by key, anything else (lists included) is replaced."""
     out = copy.deepcopy(spec)
@@ -122,7 +133,7 @@ def _override_file(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise DagError(f"override file {where} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
-        raise DagError(f"override file {where} is not valid YAML: {exc}") from None
+        raise DagError(f"override file {where} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(value, dict):
         raise DagError(f"override file {where}: the top level must be a mapping of DAG keys")
     return value
@@ -141,7 +152,7 @@ def load_dag(path: str | Path, overrides: list[str] | None = None, files: list[s
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DagError(f"{where} is not valid YAML: {exc}") from None
+        raise DagError(f"{where} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise DagError(f"{where}: the top level must be a mapping of keys (experiment, datasets, rules, ...)")
     for file in files or []:
@@ -284,14 +295,17 @@ def validate(raw: dict, where: str) -> dict:
             raise _fail(where, f"datasets.{name}", "source_classes and target_classes overlap: a transfer split needs "
                         "disjoint classes")
         d["pad"] = _number(d["pad"], where, f"datasets.{name}.pad", int, 0, 512)
-        for key in ("image_size", "train_limit", "test_limit", "db_limit"):
+        if d["image_size"] is not None:  # a side, not a count: beyond 4096 px it is a typo, and would exhaust memory
+            d["image_size"] = _number(d["image_size"], where, f"datasets.{name}.image_size", int, 1, MAX_SIDE)
+        for key in ("train_limit", "test_limit", "db_limit"):
             if d[key] is not None:
                 d[key] = _number(d[key], where, f"datasets.{name}.{key}", int, 1, 1e9)
         if d["finetune"] is not None:
             d["finetune"] = _finetune_override(d["finetune"], where, f"datasets.{name}.finetune")
         if d["sizes"] is not None:
             allowed = {"train": 0, "test": 0, "database": 0, "train_source": 0, "test_source": 0, "image_size": 0}
-            d["sizes"] = {k: _number(v, where, f"datasets.{name}.sizes.{k}", int, 0, 1e10)
+            d["sizes"] = {k: _number(v, where, f"datasets.{name}.sizes.{k}", int, 0,
+                                     MAX_SIDE if k == "image_size" else 1e10)
                           for k, v in _mapping(d["sizes"], allowed, where, f"datasets.{name}.sizes").items()
                           if k in d["sizes"]}
         datasets[name] = d

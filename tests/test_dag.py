@@ -50,7 +50,7 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     assert count == {"pretrain": 0, "finetune": 24, "evaluate": 24, "attack": 24 * 8}
     epochs = {n.axes["dataset"]: n.config["finetune"]["epochs"] for n in nodes if n.stage == "finetune"}
     assert epochs == {"cifar10": 20, "imagenet": 10}  # the per-dataset override of the paper's protocol
-    sizes, sides = dataset_sizes(dag.spec)
+    sizes, sides = dataset_sizes(dag.spec, dag.path)
     cost = estimate(nodes, sizes, sides, 1e14)
     # ImageNet fine-tuning dominates; AlexNet/VGG/ResNet at 224 px cost what their FLOPs say
     assert cost["finetune"]["pflop"] > cost["attack"]["pflop"] > cost["evaluate"]["pflop"] > 0

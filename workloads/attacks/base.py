@@ -47,6 +47,7 @@ class AttackSpec:
     build: Callable[[torch.nn.Module, float | None, dict, AttackContext], Craft]
     defaults: dict = field(default_factory=dict)
     description: str = ""
+    choices: dict = field(default_factory=dict)  # string parameter -> the values it may take
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

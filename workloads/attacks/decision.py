@@ -103,4 +103,5 @@ register_attack(AttackSpec("boundary", "decision", ("classification",), _boundar
 register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja,
                            {"steps": 20, "initial_gradient_eval_steps": 50, "max_gradient_eval_steps": 1000,
                             "constraint": "linf", "init_steps": 50},
-                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only"))
+                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only",
+                           {"constraint": ("linf", "l2")}))

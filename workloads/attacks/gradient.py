@@ -39,6 +39,7 @@ register_attack(AttackSpec("pgd", "gradient", ("classification",), _pgd,
                            "projected gradient descent, L-inf, random start"))
 register_attack(AttackSpec("apgd", "gradient", ("classification",), _apgd,
                            {"steps": 100, "restarts": 1, "loss": "ce"},
-                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning"))
+                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning", {"loss": ("ce", "dlr")}))
 register_attack(AttackSpec("autoattack", "gradient", ("classification",), _autoattack, {"version": "standard"},
-                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients"))
+                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients",
+                           {"version": ("standard", "plus", "rand")}))

@@ -13,6 +13,7 @@ carries the median minimal L2 / L-inf over the images where one was found.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 from collections.abc import Callable, Iterable
 
@@ -38,8 +39,34 @@ def validate(attack: str, task_kind: str, source: str | None, eps_grid: list[flo
     if unknown:
         allowed = ", ".join(sorted(spec.defaults)) or "none"
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for attack {attack!r}; allowed: {allowed}")
+    for key, value in (params or {}).items():
+        _check_param(spec, key, value)
     check_eps(eps_grid)
     return spec
+
+
+MAX_COUNT = 10**7  # steps, queries, restarts: far beyond any published setting, short of running for years
+
+
+def _check_param(spec: AttackSpec, key: str, value: object) -> None:
+    default = spec.defaults[key]
+    where = f"parameter {key}={value!r} of attack {spec.name!r}"
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+        want = f"an integer in [0, {MAX_COUNT}]"
+    elif isinstance(default, float):
+        ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+              and abs(value) <= 1e6)
+        want = "a finite number"
+    else:
+        allowed = spec.choices.get(key)
+        ok = isinstance(value, str) and (allowed is None or value in allowed)
+        want = f"one of {', '.join(allowed)}" if allowed else "a string"
+    if not ok:
+        raise ValueError(f"{where}: expected {want} (default {default!r})")
 
 
 class QueryCounter(torch.nn.Module):

@@ -31,8 +31,12 @@ def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
 
 
 def _octal(field: bytes) -> int:
+    """A tar header number; -1 where the field is not octal digits (damage), which no checksum or size matches."""
     text = field.rstrip(b"\0 ").strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return -1
 
 
 def iter_tar(data: bytes, shard: str) -> Iterator[tuple[str, bytes]]:
@@ -52,6 +56,8 @@ def iter_tar(data: bytes, shard: str) -> Iterator[tuple[str, bytes]]:
         if prefix:
             name = f"{prefix}/{name}"
         size = _octal(header[124:136])
+        if size < 0:
+            raise DataError(f"shard {shard} is corrupt: bad size field in the tar header of {name!r}")
         kind = header[156:157]
         start = pos + BLOCK
         end = start + size
