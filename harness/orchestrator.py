@@ -131,6 +131,11 @@ def _progress_callback(stage: str, total: int, labels: dict[str, str], log: Log)
             self.done += 1
             log(f"[{stage} {self.done}/{total} done] {labels.get(trial.config['key'], trial.trial_id)}")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            # a worker or node died under the trial: Tune starts it again (FailureConfig), from scratch
+            log(f"[{stage} {self.done}/{total} done] RETRYING {labels.get(trial.config['key'], '?')}: its worker "
+                "died")
+
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
             log(f"[{stage} {self.done}/{total} done] FAILED {labels.get(trial.config['key'], '?')}")

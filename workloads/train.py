@@ -106,6 +106,9 @@ def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(x)
+    if not torch.isfinite(out).all():
+        # diverged weights: some losses (the hashing task's BCE) reject NaN inputs with an error of their own
+        return float("nan")
     loss = task.loss(out.float(), y)
     value = loss.item()
     if math.isfinite(value):
