@@ -56,9 +56,11 @@ def init_ray(address: str | None, log: Log) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
               "logging_level": "ERROR"}
+    if address:
+        log(f"[ray] connecting to {address}")
+        _probe_gcs(address)
     try:
         if address:
-            log(f"[ray] connecting to {address}")
             ray.init(address=address, **kwargs)
         else:
             log("[ray] starting a local Ray instance on 127.0.0.1")
@@ -73,6 +75,25 @@ def init_ray(address: str | None, log: Log) -> None:
         raise HarnessError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {exc}. Check --address "
                            "or RAY_ADDRESS, and on a token-authenticated cluster RAY_AUTH_MODE=token with "
                            "RAY_AUTH_TOKEN (see README)") from None
+
+
+def _probe_gcs(address: str, timeout: float = 10.0) -> None:
+    """A TCP connect to HOST:PORT first: ray.init retries an address where nothing listens for as long as we
+    waited (over ten minutes here) instead of failing."""
+    import socket
+
+    if "://" in address or address == "auto" or ":" not in address:
+        return  # ray:// clients and `auto` fail fast on their own
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except ValueError:
+        raise HarnessError(f"Ray address {address!r}: expected HOST:PORT, e.g. 10.0.0.1:6379") from None
+    except OSError as exc:
+        raise HarnessError(f"cannot reach the Ray cluster at {address}: nothing answers there "
+                           f"({exc.strerror or exc}). Check --address or RAY_ADDRESS; `ray status` on the head "
+                           "node prints the address") from None
 
 
 def _trainable(config: dict, nodes: dict, store_root: str, threads: int) -> None:

@@ -31,6 +31,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        if uri.startswith(("http://", "https://")):
+            _probe_server(uri)
         try:
             mlflow.set_tracking_uri(uri)
             self.client = MlflowClient(uri)
@@ -129,6 +131,24 @@ class Tracker:
         ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _finite(v)]
         for i in range(0, max(len(ps), len(ms)), 100):  # MLflow caps a batch at 100 params / 1000 metrics
             self.client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100])
+
+
+def _probe_server(uri: str, timeout: float = 10.0) -> None:
+    """One quick request to the server's health endpoint: MLflow's client retries a refused connection with
+    backoff for about four minutes before it gives up, which is the wrong answer to a typo in --tracking-uri.
+    Later requests keep MLflow's retries (a server that blips during a long run)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answers (a proxy without /health, auth): let MLflow's own client judge it
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow server {uri} is not reachable ({reason}); start one (`mlflow server --host "
+                            "127.0.0.1 --port 5000`) or check --tracking-uri") from None
 
 
 def node_metrics(stage: str, result: dict) -> dict[str, float]:

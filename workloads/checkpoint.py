@@ -7,6 +7,7 @@ Written to a temporary file and renamed, so a crash never leaves a file that loo
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ class CheckpointError(ValueError):
     pass
 
 
+class CheckpointWriteError(OSError):
+    """The disk refused the checkpoint (full, read-only, over a size limit); no file was left behind."""
+
+
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +31,12 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # a full disk or a file-size limit surfaces from torch's zip writer as "unexpected pos N vs M"
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointWriteError(f"checkpoint {path} could not be written ({free:.0f} MiB free on its disk; "
+                                   f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); nothing was "
+                                   "saved") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

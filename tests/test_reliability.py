@@ -1,0 +1,111 @@
+"""Bad places to write to and servers that are not there: clear errors, fast, before compute, nothing half-written."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from datagen import write_fmnist
+
+from harness.plan import Node
+from harness.stages import run_node
+from harness.store import ArtifactStore, StoreError
+from harness.tracking import Tracker, TrackingError
+from workloads.checkpoint import CheckpointWriteError, save_checkpoint
+from workloads.datasets import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_mlflow_server_is_a_clear_error_within_seconds():
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match=r"MLflow server http://127.0.0.1:\d+ is not reachable .*refused"):
+        Tracker(f"http://127.0.0.1:{_closed_port()}", "x")
+    assert time.monotonic() - t0 < 15  # MLflow's own client retries for about four minutes
+
+
+class _FileSizeLimit:
+    """RLIMIT_FSIZE for this process: writes past `limit` bytes fail with EFBIG, as on a full disk
+    (Python ignores SIGXFSZ, so the write returns an error instead of killing the process)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self):
+        self.old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.old[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.old)
+
+
+def test_a_checkpoint_the_disk_refuses_leaves_nothing_behind(tmp_path):
+    with _FileSizeLimit(1 << 20), pytest.raises(CheckpointWriteError, match=r"ckpt.pt could not be written .*"
+                                                                          r"MiB free.*nothing was saved"):
+        save_checkpoint({"model": {"w": torch.zeros(1 << 20)}, "config": {}}, tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_that_cannot_write_its_artifact_is_not_taken_as_finished(tmp_path):
+    write_fmnist(tmp_path / "src", n_train=40, n_test=10)
+    prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
+    config = {"backbone": "resnet18", "seed": 0, "device": "cpu", "weights": None,
+              "data": {"root": str(tmp_path / "fm"), "source_classes": [0, 1, 2, 3, 4], "pad": 2, "train_limit": 8,
+                       "test_limit": 8},
+              "pretrain": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0}}
+    node = Node("pretrain", "k1", "pretrain", {}, config).to_dict()
+    store = ArtifactStore(tmp_path / "store")
+    with _FileSizeLimit(4 << 20), pytest.raises(CheckpointWriteError):  # ResNet-18 needs ~45 MB
+        run_node(node, store)
+    assert not store.done("pretrain", "k1")
+    left = [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert left == [], left
+    record = run_node(node, store)  # room again: the same node now finishes
+    assert store.done("pretrain", "k1") and record["result"]["metrics"]["top1"] >= 0
+
+
+def test_an_artifact_store_that_cannot_be_a_folder_fails_before_compute(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"artifact store .*file/out/store is not writable .*--out"):
+        ArtifactStore(tmp_path / "file" / "out" / "store").check_writable()
+
+
+def _harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_run_refuses_bad_places_and_absent_servers_in_seconds(tmp_path):
+    write_fmnist(tmp_path / "src", n_train=40, n_test=10)
+    prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
+    smoke = [str(ROOT / "dags" / "smoke.yaml"), "--set", f"datasets.fashion-mnist.root={tmp_path / 'fm'}"]
+    (tmp_path / "file").write_text("")
+    cases = {
+        "store": (["--out", str(tmp_path / "file" / "out")], "is not writable"),
+        "ray": (["--out", str(tmp_path / "o1"), "--address", f"127.0.0.1:{_closed_port()}"],
+                "cannot reach the Ray cluster at 127.0.0.1:"),
+        "mlflow": (["--out", str(tmp_path / "o2"), "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+                   "is not reachable"),
+    }
+    for name, (extra, message) in cases.items():
+        t0 = time.monotonic()
+        out = _harness("run", *smoke, *extra, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr, (name, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and "[pretrain]" not in out.stderr, name  # nothing computed
+        assert time.monotonic() - t0 < 60, name
+    assert not list((tmp_path / "o2").glob("store/*/*/result.json"))
+    tune = _harness("tune", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
+    assert tune.returncode == 2 and "is not writable" in tune.stderr, tune.stderr[-2000:]
