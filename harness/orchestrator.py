@@ -70,11 +70,34 @@ def init_ray(address: str | None, log: Log) -> None:
             import ray._private.ray_constants as ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
+            _private_token(log)
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise HarnessError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {exc}. Check --address "
                            "or RAY_ADDRESS, and on a token-authenticated cluster RAY_AUTH_MODE=token with "
                            "RAY_AUTH_TOKEN (see README)") from None
+
+
+def _private_token(log: Log) -> None:
+    """Ray 2.59+ protects a local instance with the token in ~/.ray/auth_token, but writes that file with the
+    umask's mode (0644: every local user can read it, then connect and run code as us). Create it 0600 ourselves
+    before Ray does, or tighten a readable one we own."""
+    import secrets
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # the form Ray's own generator uses: 64 hex characters
+        elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+            log(f"[ray] {path} was readable by other users; it is now 0600 (it lets its reader run code in Ray)")
+    except OSError as exc:  # a read-only home: Ray decides what to do without a token file
+        log(f"[ray] could not secure {path}: {exc}")
 
 
 def _probe_gcs(address: str, timeout: float = 10.0) -> None:

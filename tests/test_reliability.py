@@ -109,3 +109,18 @@ def test_run_refuses_bad_places_and_absent_servers_in_seconds(tmp_path):
     assert not list((tmp_path / "o2").glob("store/*/*/result.json"))
     tune = _harness("tune", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
     assert tune.returncode == 2 and "is not writable" in tune.stderr, tune.stderr[-2000:]
+
+
+def test_the_local_ray_token_is_created_readable_by_its_owner_only(tmp_path, monkeypatch):
+    from harness.orchestrator import _private_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    _private_token(print)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    int(token.read_text(), 16)  # hex, like Ray's own
+    first = token.read_text()
+    _private_token(print)
+    assert token.read_text() == first  # an existing token is kept: a running instance still accepts it

@@ -127,13 +127,22 @@ listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "
 print(json.dumps({"node": ray.nodes()[0]["NodeManagerAddress"], "listening": sorted(listening)}))
 ray.shutdown()
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
     import json
+    import os
 
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a" * 64)
+    (home / ".ray" / "auth_token").chmod(0o644)  # as Ray itself writes it
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["node"] == "127.0.0.1"
     assert seen["listening"] and set(seen["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600  # no other local user can read it
 
 
 def _metrics(out: Path) -> dict:
