@@ -149,16 +149,18 @@ def _recorder(runs: dict, phase: str, bases: dict, log: Log):
                 t.error = result.get("error", "diverged")
                 log(f"[tune {phase} {t.rule}] {trial.trial_id}: diverged: {t.error}")
                 return
-            t.curve.append((int(result["epoch"]), float(result["val"])))
-            t.loss.append((int(result["epoch"]), float(result["loss"])))
+            epoch = int(result["epoch"])
+            # a trial Tune restarted (its worker died) reports from epoch 1 again: keep the new attempt's curve
+            t.curve = [p for p in t.curve if p[0] < epoch] + [(epoch, float(result["val"]))]
+            t.loss = [p for p in t.loss if p[0] < epoch] + [(epoch, float(result["loss"]))]
             log(f"[tune {phase} {t.rule}] {trial.trial_id}: epoch {result['epoch']}/{t.config['epochs']} "
                 f"val {result['val']:.4f}")
 
     return Record()
 
 
-def _fit(name: str, space: dict, trainable, num_samples: int, scheduler, seed: int, max_concurrent: int,
-         out_dir: Path, callback) -> None:
+def _fit(name: str, space: dict, trainable, num_samples: int, scheduler, seed: int, dag: Dag, out_dir: Path,
+         callback) -> None:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -166,8 +168,9 @@ def _fit(name: str, space: dict, trainable, num_samples: int, scheduler, seed: i
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric="val", mode="max", scheduler=scheduler, num_samples=num_samples,
                                     search_alg=BasicVariantGenerator(random_state=seed),  # same seed, same draws
-                                    max_concurrent_trials=max_concurrent or None),
+                                    max_concurrent_trials=dag["max_concurrent"] or None),
         run_config=tune.RunConfig(name=name, storage_path=str((out_dir / "tune").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=dag["retries"]),
                                   callbacks=[callback]),
     )
     for result in tuner.fit():
@@ -292,15 +295,15 @@ def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tr
     status = "FAILED"
     try:
         log(f"[tune] baseline: the DAG's setting for {', '.join(rules)}")
-        _fit(f"tune-baseline-{tag}", {"rule": tune.grid_search(rules)}, trainable, 1, None, cell["seed"],
-             dag["max_concurrent"], out, _recorder(runs, "baseline", bases, log))
+        _fit(f"tune-baseline-{tag}", {"rule": tune.grid_search(rules)}, trainable, 1, None, cell["seed"], dag, out,
+             _recorder(runs, "baseline", bases, log))
         for rule in rules:
             log(f"[tune] search {rule}: {settings.samples} settings, up to {max_epochs} epochs, ASHA")
             space = {"rule": rule, **search_space(bases[rule]["finetune"], settings.spread, max_epochs)}
             asha = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
                                  reduction_factor=2)
-            _fit(f"tune-{rule}-{tag}", space, trainable, settings.samples, asha, cell["seed"],
-                 dag["max_concurrent"], out, _recorder(runs, "search", bases, log))
+            _fit(f"tune-{rule}-{tag}", space, trainable, settings.samples, asha, cell["seed"], dag, out,
+                 _recorder(runs, "search", bases, log))
         trials = list(runs.values())
         best = choose(trials, rules, dag_epochs)
         folder = out / "tune"

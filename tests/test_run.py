@@ -11,43 +11,12 @@ from pathlib import Path
 import mlflow
 import pytest
 from datagen import write_fmnist
+from smokerun import harness
 
 from workloads.datasets import prepare
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One real run of dags/smoke.yaml on synthetic Fashion-MNIST-format shards."""
-    work = tmp_path_factory.mktemp("run")
-    write_fmnist(work / "src", n_train=160, n_test=60)
-    prepare("fashion-mnist", work / "fm", src=work / "src")
-    args = ["run", str(ROOT / "dags" / "smoke.yaml"), "--set", f"datasets.fashion-mnist.root={work / 'fm'}",
-            "--out", str(work / "out"), "--results", str(work / "results")]
-    repo_before = _repo_state()
-    t0 = time.perf_counter()
-    first = harness(*args, cwd=work)
-    seconds = time.perf_counter() - t0
-    # nothing is written outside the folders the command was given: not the working directory, not the repository
-    assert sorted(p.name for p in work.iterdir()) == ["fm", "out", "results", "src"]
-    assert _repo_state() == repo_before
-    return work, args, first, seconds
-
-
-def _repo_state() -> tuple:
-    """What a stray write into the repository would change: git's view, and the default output folders (ignored
-    by git, so listed here)."""
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    outputs = sorted((str(p), p.stat().st_mtime_ns) for d in ("runs", "results", "mlruns") for p in
-                     (ROOT / d).rglob("*") if p.is_file())
-    return status, outputs, (ROOT / "mlflow.db").exists()
 
 
 def _runs(work: Path, experiment: str = "smoke"):
