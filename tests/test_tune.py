@@ -152,6 +152,18 @@ def test_tune_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tm
     for rule in ("bp", "frsf"):
         assert m[f"best_val/{rule}"] >= m[f"baseline_val/{rule}"]
         assert {f"best.{rule}.{k}" for k in (*SEARCHED, "epochs")} <= set(p)
+        # the parent's best is the best of what its trial children logged, and names that trial's setting
+        mine = [t for t in trials if t.data.tags["axis.rule"] == rule]
+        base = next(t for t in mine if t.data.tags["tune.phase"] == "baseline")
+        scores = {t.info.run_id: t.data.metrics["best_val"] for t in mine if t.data.tags["tune.phase"] == "search"}
+        top = max(scores, key=scores.get)
+        assert m[f"best_val/{rule}"] == max(scores[top], m[f"baseline_val/{rule}"])
+        assert base.data.metrics["best_val"] >= m[f"baseline_val/{rule}"]
+        unique = sum(v == scores[top] for v in scores.values()) == 1
+        if scores[top] > m[f"baseline_val/{rule}"] and unique:
+            winner = next(t for t in mine if t.info.run_id == top)
+            assert p[f"best.{rule}.lr_head"] == winner.data.params["lr_head"]
+            assert p[f"best.{rule}.epochs"] == str(int(winner.data.metrics["best_epoch"]))
     assert m["stopped_early"] == sum(t.data.tags["tune.stopped_early"] == "true" for t in trials)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"best.yaml", "tune.png", "best.json"} <= artifacts

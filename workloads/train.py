@@ -106,10 +106,14 @@ def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(x)
-    if not torch.isfinite(out).all():
-        # diverged weights: some losses (the hashing task's BCE) reject NaN inputs with an error of their own
-        return float("nan")
-    loss = task.loss(out.float(), y)
+    try:
+        loss = task.loss(out.float(), y)
+    except RuntimeError:
+        # diverged weights: some losses (the hashing task's BCE) reject NaN inputs with an error of their own.
+        # Checked only here, so the usual step pays no extra reduction or device sync.
+        if not torch.isfinite(out).all():
+            return float("nan")
+        raise
     value = loss.item()
     if math.isfinite(value):
         opt.zero_grad(set_to_none=True)
