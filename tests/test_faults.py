@@ -4,6 +4,7 @@ Each test counts what it injected and checks that nothing was lost and nothing f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,11 +39,26 @@ def _finish(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _kill_group(pid: int) -> None:
-    """Everything the run started: Ray's own processes share the driver's session."""
+    """Everything the run started, and wait until it is gone. Ray's processes share the driver's session but not
+    always its process group; a worker left alive could finish its node after the test looked at the store."""
+    def session() -> list[psutil.Process]:
+        found = []
+        for q in psutil.process_iter():
+            try:
+                if os.getsid(q.pid) == pid:
+                    found.append(q)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return found
+
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for q in session():
+        with contextlib.suppress(psutil.Error):
+            q.kill()
+    psutil.wait_procs(session(), timeout=30)
 
 
 def _run_until(cmd: list[str], cwd: Path, trigger: str, act, go_on: bool = False) -> tuple[str, int | None]:
