@@ -116,14 +116,6 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
             + (f" ({context})" if context else ""))
 
 
-def merge_override(spec: dict, override: dict) -> dict:
-    """`override` laid over `spec`: mappings merge key by key, anything else (lists included) is replaced."""
-    out = copy.deepcopy(spec)
-    for k, v in override.items():
-        out[k] = merge_override(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def _override_file(path: str | Path) -> dict:
     where = str(path)
     try:
@@ -155,8 +147,10 @@ def load_dag(path: str | Path, overrides: list[str] | None = None, files: list[s
         raise DagError(f"{where} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise DagError(f"{where}: the top level must be a mapping of keys (experiment, datasets, rules, ...)")
+    from workloads.train import merge  # the deep merge the stage configs use
+
     for file in files or []:
-        raw = merge_override(raw, _override_file(file))
+        raw = merge(raw, _override_file(file))
     if files:
         where = f"{where} (with {', '.join(map(str, files))})"
     raw = apply_overrides(raw, overrides or [], where)

@@ -257,6 +257,8 @@ def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tr
         raise SearchError(f"--validation {settings.validation}: a fraction in (0, 1) of the training split")
     if settings.samples < 1 or settings.spread < 1:
         raise SearchError("--samples must be at least 1 and --spread at least 1")
+    if settings.max_epochs is not None and settings.max_epochs < 1:
+        raise SearchError(f"--max-epochs {settings.max_epochs}: at least 1")
     out = Path(out_dir or Path("runs") / dag.experiment).resolve()
     store = ArtifactStore(out / "store")
     store.check_writable()
@@ -264,9 +266,7 @@ def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tr
     cell, fts, pre = _cell(dag, nodes, settings)
     rules = list(fts)
     dag_epochs = {r: n.config["finetune"]["epochs"] for r, n in fts.items()}
-    max_epochs = settings.max_epochs or 2 * max(dag_epochs.values())
-    if max_epochs < 1:
-        raise SearchError(f"--max-epochs {max_epochs}: at least 1")
+    max_epochs = settings.max_epochs if settings.max_epochs is not None else 2 * max(dag_epochs.values())
     metric = get_task(cell["task"]).metric
     uri = tracking_uri or default_uri(out)
     tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
@@ -347,5 +347,5 @@ def format_result(r: SearchResult) -> str:
         setting = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in b["finetune"].items())
         lines.append(f"{rule:<6} {base.curve[-1][1]:>9.4f} {b['val']:>8.4f} {b['from']:<9} {len(searched):>6} "
                      f"{sum(t.stopped_early for t in searched):>7}  {setting}")
-    lines.append(f"override: {r.override_path}   figure: {r.figure_path}   MLflow: {r.tracking_uri}")
+    lines.append(f"{r.seconds:.0f} s; override: {r.override_path}   figure: {r.figure_path}   MLflow: {r.tracking_uri}")
     return "\n".join(lines)

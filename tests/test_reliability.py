@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from datagen import write_fmnist
+from smokerun import harness
 
 from harness.plan import Node
 from harness.stages import run_node
@@ -82,11 +81,6 @@ def test_an_artifact_store_that_cannot_be_a_folder_fails_before_compute(tmp_path
         ArtifactStore(tmp_path / "file" / "out" / "store").check_writable()
 
 
-def _harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.slow
 def test_run_refuses_bad_places_and_absent_servers_in_seconds(tmp_path):
     write_fmnist(tmp_path / "src", n_train=40, n_test=10)
@@ -102,12 +96,12 @@ def test_run_refuses_bad_places_and_absent_servers_in_seconds(tmp_path):
     }
     for name, (extra, message) in cases.items():
         t0 = time.monotonic()
-        out = _harness("run", *smoke, *extra, cwd=tmp_path)
+        out = harness("run", *smoke, *extra, cwd=tmp_path)
         assert out.returncode == 2 and message in out.stderr, (name, out.stderr[-2000:])
         assert "Traceback" not in out.stderr and "[pretrain]" not in out.stderr, name  # nothing computed
         assert time.monotonic() - t0 < 60, name
     assert not list((tmp_path / "o2").glob("store/*/*/result.json"))
-    tune = _harness("tune", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
+    tune = harness("tune", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
     assert tune.returncode == 2 and "is not writable" in tune.stderr, tune.stderr[-2000:]
 
 

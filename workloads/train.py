@@ -255,7 +255,7 @@ def _validator(cfg: dict, task: Task, model: torch.nn.Module, device: torch.devi
     scored = _Eval(model, device)
 
     def validate() -> dict:
-        metrics = task.evaluate(scored, held, db) if db is not None else task.evaluate(scored, held)
+        metrics = task.evaluate(scored, held, db)
         return {f"val_{task.metric}": metrics[task.metric]}
 
     return validate
