@@ -1,9 +1,9 @@
-"""One layer's backward under a feedback rule: exact weight and bias gradients, input gradient with B.
+"""One layer's backward under a feedback rule, for the layers rules.handle cannot hand to autograd's own node.
 
-Each layer gets exactly the kernel call backpropagation would make: one aten.convolution_backward (or the
-Linear matmuls) with the output mask the current backward pass needs, with B handed in where autograd would hand
-W. So nothing is computed twice, and an attack that asks only for d loss / d input never computes a weight
-gradient (BioTorch computes them anyway, which makes its attack steps 2.4x slower).
+Most layers never come here: their backward is PyTorch's native node, given B in place of W (rules/handle.py).
+This is the explicit equivalent for the rest (a forward under saved-tensor hooks of the user's, such as activation
+checkpointing): the single kernel call backpropagation would make, one aten.convolution_backward (or the Linear
+matmuls) with the output mask the running backward pass needs and B handed in where autograd would hand W.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from rules.base import Feedback
 
 
 def _conv_geometry(module: nn.modules.conv._ConvNd) -> tuple[list[int] | None, list[int]]:
@@ -75,27 +73,15 @@ def linear_backward(
 
 
 def layer_backward(
-    g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, fb: Feedback | None, module: nn.Module,
+    g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, module: nn.Module,
     need_x: bool, need_w: bool, need_b: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dL/dx with B, dL/dW, dL/dbias) for one Conv/Linear layer; `fb` may be None when dL/dx is not needed."""
-    matrix, scale = (fb.matrix, fb.scale) if (need_x and fb is not None) else (w, 1.0)
-    scale_error = False
-    if scale != 1.0:
-        # Apply the scalar where it is cheaper: to B (a temporary) on accelerators when B is the smaller tensor,
-        # otherwise in place to the error sent down (no allocation; on the CPU that is always the better choice).
-        if matrix.device.type != "cpu" and matrix.numel() < x.numel():
-            matrix = matrix * scale
-        else:
-            scale_error = True
+    """(dL/dx with B, dL/dW, dL/dbias) for one Conv/Linear layer; `b` may be None when dL/dx is not needed."""
+    matrix = b if (need_x and b is not None) else w
     if matrix.dtype != g.dtype:  # autocast: the error arrives in half precision
         matrix = matrix.to(g.dtype)
     if x.dtype != g.dtype:
         x = x.to(g.dtype)
     if isinstance(module, nn.Linear):
-        gx, gw, gb = linear_backward(g, x, matrix, need_x, need_w, need_b)
-    else:
-        gx, gw, gb = conv_backward(g, x, matrix, module, need_x, need_w, need_b)
-    if scale_error and gx is not None:
-        gx.mul_(scale)
-    return gx, gw, gb
+        return linear_backward(g, x, matrix, need_x, need_w, need_b)
+    return conv_backward(g, x, matrix, module, need_x, need_w, need_b)

@@ -7,12 +7,13 @@ down with B, exact weight gradients, checkpoints) is shared machinery in `rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+
+from rules.kernels import new_sign_record, resign_, resign_usable
 
 if TYPE_CHECKING:
     from rules.streams import UniformStream
@@ -36,17 +37,6 @@ def xavier_bound(weight: torch.Tensor) -> float:
     return math.sqrt(6.0 / (fan_in + fan_out))
 
 
-class Feedback(NamedTuple):
-    """B = scale * matrix. Keeping a scalar factor apart lets the backward apply it to whichever of B and the error
-    sent down is smaller (on the CPU: always the error, in place, so no weight-sized temporary is allocated)."""
-
-    matrix: torch.Tensor
-    scale: float = 1.0
-
-    def materialize(self) -> torch.Tensor:
-        return self.matrix * self.scale if self.scale != 1.0 else self.matrix
-
-
 @dataclass
 class Layer:
     """One Conv/Linear module under a rule: its name, the module, and the rule's tensors for it."""
@@ -56,10 +46,10 @@ class Layer:
     # What the rule draws or sets at attach (fixed random matrices, scales): saved with the checkpoint.
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     # Tensors derived from W, rebuilt only when W changes in place (an optimizer step bumps its version counter),
-    # so an attack's many steps on fixed weights build them once. Never saved.
-    derived: dict[str, tuple[tuple, torch.Tensor]] = field(default_factory=dict)
+    # so an attack's many steps on fixed weights build them once: key -> (stamp, tensor, ...). Never saved.
+    derived: dict[str, tuple] = field(default_factory=dict)
     # The B sent down by the most recent backward (what diagnostics must be computed from).
-    last_b: Feedback | None = None
+    last_b: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -73,37 +63,39 @@ class Layer:
             self.state[key] = t
         return t
 
-    def per_weight(
-        self, key: str, fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        update: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
-    ) -> torch.Tensor:
-        """`fill(W, out)` into a persistent buffer shaped like W, redone only when W is modified or replaced.
+    def sign_feedback(self, mag: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        """B = mag * sign(W) (or scale * sign(W)) in a persistent buffer, brought up to date only when W changed.
 
-        When W changed in place and `update(W, out)` is given, it may bring the previous value up to date more
-        cheaply (returning True) instead of a full `fill`. The buffer is reused rather than reallocated: on the CPU
-        a fresh weight-sized tensor per step costs page faults that dwarf the arithmetic (torch.sign of 11.2M
-        floats: 62 ms allocating, 2 ms into a buffer).
+        After an optimizer step only the entries whose sign flipped are rewritten, found by comparing W with a
+        two-bit record of sign(W) (rules/feedback_kernels.c): that reads W, which the layer's forward has just pulled
+        into cache, and 1/16 of B's bytes. The buffers are reused rather than reallocated: on the CPU a fresh
+        weight-sized tensor per step costs page faults that dwarf the arithmetic.
         """
         w = self.weight
-        stamp = (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
-        hit = self.derived.get(key)
+        stamp = (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride())
+        hit = self.derived.get("sign")
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        reusable = hit is not None and hit[1].shape == w.shape and hit[1].dtype == w.dtype and hit[1].device == w.device
-        buf = hit[1] if reusable else torch.empty_like(w, memory_format=torch.contiguous_format)
+        # W's own layout (channels-last on GPUs), so any view autograd saved of W maps onto the same view of B.
+        reusable = hit is not None and hit[0][2:] == stamp[2:]
+        b, record = (hit[1], hit[2]) if reusable else (torch.empty_like(w), None)
+        wd = w.detach()
+        if record is None and resign_usable(b, wd, mag):
+            record = new_sign_record(b.numel())
         with torch.no_grad():
-            if not (reusable and update is not None and update(w.detach(), buf)):
-                fill(w.detach(), buf)
-        self.derived[key] = (stamp, buf)
-        return buf
+            if record is None or not resign_(b, record, wd, mag, scale):
+                record = None
+                torch.sign(wd, out=b).mul_(mag if mag is not None else scale)
+        self.derived["sign"] = (stamp, b, record)
+        return b
 
     def scratch(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        """A persistent buffer shaped like `like`, reused across steps (no allocation on the hot path)."""
-        stamp = ("scratch", like.dtype, like.device, like.shape)
+        """A persistent buffer shaped and laid out like `like`, reused across steps (no allocation on the hot path)."""
+        stamp = ("scratch", like.dtype, like.device, like.shape, like.stride())
         hit = self.derived.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        buf = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        buf = torch.empty_like(like)
         self.derived[key] = (stamp, buf)
         return buf
 
@@ -127,6 +119,6 @@ class Rule:
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         """Draw the layer's fixed random tensors (if any) into `layer.state`, on the CPU for reproducibility."""
 
-    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> Feedback:
-        """B for `layer` (shaped like its weight, on its device and dtype). Callers must not modify the matrix."""
+    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> torch.Tensor:
+        """B for `layer` (shaped like its weight, on its device and dtype). Callers must not modify it."""
         raise NotImplementedError

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from rules.base import Feedback, Layer, Rule
+import torch
+
+from rules.base import Layer, Rule
 from rules.registry import register_rule
 
 
@@ -11,5 +13,5 @@ class BP(Rule):
     name = "bp"
     exact = True
 
-    def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
-        return Feedback(layer.weight.detach())
+    def feedback(self, layer: Layer, stream: object | None = None) -> torch.Tensor:
+        return layer.weight.detach()

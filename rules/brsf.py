@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rules.base import Feedback, Layer, Rule, xavier_bound
+from rules.base import Layer, Rule, xavier_bound
 from rules.registry import register_rule
 from rules.streams import UniformStream
 
@@ -23,10 +23,9 @@ class BRSF(Rule):
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         layer.state["bound"] = torch.tensor(xavier_bound(layer.weight))
 
-    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> Feedback:
+    def feedback(self, layer: Layer, stream: UniformStream | None = None) -> torch.Tensor:
         if stream is None:
             raise TypeError("brsf draws its feedback magnitudes from the handle's UniformStream")
         w = layer.weight.detach()
-        # matrix = k * sign(W), k odd in [1, 65535]; B = a * (k / 65536) * sign(W) = |M_t| * sign(W).
-        matrix = stream.fill_signed_(layer.scratch("b", w), w)
-        return Feedback(matrix, float(layer.state["bound"]) * stream.unit_scale)
+        # B = (a / 65536) * k * sign(W) = |M_t| * sign(W), k odd in [1, 65535]: one pass that reads W and writes B.
+        return stream.fill_signed_(layer.scratch("b", w), w, scale=float(layer.state["bound"]) * stream.unit_scale)

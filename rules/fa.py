@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rules.base import Feedback, Layer, Rule, xavier_bound
+from rules.base import Layer, Rule, xavier_bound
 from rules.registry import register_rule
 
 
@@ -17,5 +17,5 @@ class FA(Rule):
         a = xavier_bound(w)
         layer.state["m"] = torch.empty(w.shape, dtype=torch.float32).uniform_(-a, a, generator=generator)
 
-    def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
-        return Feedback(layer.state_on("m", layer.weight))
+    def feedback(self, layer: Layer, stream: object | None = None) -> torch.Tensor:
+        return layer.state_on("m", layer.weight)

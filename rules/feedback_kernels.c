@@ -1,4 +1,4 @@
-/* brSF's per-pass feedback draw on the CPU, fused: out[i] = k_i * sign(w[i]), k_i odd in [1, 65535].
+/* brSF's per-pass feedback draw on the CPU, fused: out[i] = (k_i * scale) * sign(w[i]), k_i odd in [1, 65535].
  *
  * One pass that reads W and writes B (once a training step has pushed the weights out of cache, the draw is
  * memory-bound and a separate sign(W) buffer would double its cost); sign follows torch.sign: 0 for 0, -0, NaN.
@@ -28,31 +28,107 @@ static inline uint32_t h32(uint32_t x) {
     return x;
 }
 
+/* (float)k * scale, then times the sign: one float32 rounding, as numpy and torch compute it (rules/streams.py). */
+static inline float mag(uint32_t bits, float scale) { return (float)(int32_t)(bits | 1u) * scale; }
+
 /* Elements [start, stop) of a draw; start must be even. */
 SIGSYM_CLONES
-void sigsym_brsf_fill(float *out, const float *w, int64_t start, int64_t stop, uint32_t k1, uint32_t k2) {
+void sigsym_brsf_fill(float *out, const float *w, int64_t start, int64_t stop, uint32_t k1, uint32_t k2,
+                      float scale) {
     int64_t j0 = start >> 1, j1 = stop >> 1;
     for (int64_t j = j0; j < j1; ++j) {
         uint32_t x = h32(h32((uint32_t)j ^ k1) + k2);
-        out[2 * j] = (float)(int32_t)((x & 0xffffu) | 1u) * sgn(w[2 * j]);
-        out[2 * j + 1] = (float)(int32_t)((x >> 16) | 1u) * sgn(w[2 * j + 1]);
+        out[2 * j] = mag(x & 0xffffu, scale) * sgn(w[2 * j]);
+        out[2 * j + 1] = mag(x >> 16, scale) * sgn(w[2 * j + 1]);
     }
     if (stop & 1 && stop - 1 >= start) {
         uint32_t x = h32(h32((uint32_t)j1 ^ k1) + k2);
-        out[stop - 1] = (float)(int32_t)((x & 0xffffu) | 1u) * sgn(w[stop - 1]);
+        out[stop - 1] = mag(x & 0xffffu, scale) * sgn(w[stop - 1]);
     }
 }
 
 
 /* Bring B = mag * sign(W) (or scale * sign(W) when mag is NULL) up to date after a weight update, rewriting only
- * the entries whose sign changed. A fine-tuning step flips few signs, so this reads W and B and writes almost
- * nothing, where rebuilding B reads W and |M| and writes all of B. */
-SIGSYM_CLONES
-void sigsym_resign(float *b, const float *w, const float *mag, float scale, int64_t start, int64_t stop) {
-    for (int64_t i = start; i < stop; ++i) {
-        float s = sgn(w[i]);
-        if (s != sgn(b[i]) || (s != 0.0f && b[i] == 0.0f)) {
-            b[i] = (mag ? mag[i] : scale) * s;
+ * the entries whose sign changed.
+ *
+ * rec is a record of sign(W) as of B's last update: per block of 64 weights, a bit mask of the positive ones and one
+ * of the negative ones (two words, 1/16 of B's bytes; both bits set means "unknown", which is how the caller asks
+ * for a full rebuild). A fine-tuning step flips few signs, so this reads W (which the layer's forward has just
+ * pulled into cache) and the record, and writes almost nothing. Building the masks is one compare and one movemask
+ * per 8 weights with AVX2, four times faster than any form gcc vectorizes from portable C; the portable loop is
+ * kept for other CPUs. Blocks [lo, hi) of the n weights: threads split the work by blocks. */
+#define SIGSYM_BLOCK 64
+
+static void masks_portable(const float *p, int64_t len, uint64_t *pos, uint64_t *neg) {
+    uint64_t ps = 0, ng = 0;
+    for (int64_t k = 0; k < len; ++k) {
+        ps |= (uint64_t)(p[k] > 0.0f) << k;
+        ng |= (uint64_t)(p[k] < 0.0f) << k;
+    }
+    *pos = ps;
+    *neg = ng;
+}
+
+static void fix_block(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t base,
+                      int64_t len, uint64_t pos, uint64_t neg) {
+    uint64_t diff = (pos ^ rec[0]) | (neg ^ rec[1]);
+    for (int64_t k = 0; k < len; ++k) {
+        if (diff >> k & 1u) {
+            float s = (float)(int)((pos >> k & 1u) - (neg >> k & 1u));
+            b[base + k] = (mag ? mag[base + k] : scale) * s;
         }
     }
+    rec[0] = pos;
+    rec[1] = neg;
+}
+
+static void resign_portable(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
+                            int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+        int64_t base = j * SIGSYM_BLOCK, len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
+        uint64_t pos, neg;
+        masks_portable(w + base, len, &pos, &neg);
+        if (pos != rec[2 * j] || neg != rec[2 * j + 1]) {
+            fix_block(b, rec + 2 * j, w, mag, scale, base, len, pos, neg);
+        }
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(SIGSYM_NO_CLONES)
+#include <immintrin.h>
+#define SIGSYM_AVX2 1
+
+__attribute__((target("avx2")))
+static void resign_avx2(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
+                        int64_t lo, int64_t hi) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t j = lo; j < hi; ++j) {
+        int64_t base = j * SIGSYM_BLOCK;
+        uint64_t pos = 0, neg = 0;
+        if (n - base >= SIGSYM_BLOCK) {
+            for (int k = 0; k < SIGSYM_BLOCK / 8; ++k) {
+                __m256 v = _mm256_loadu_ps(w + base + 8 * k);
+                pos |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)) << (8 * k);
+                neg |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)) << (8 * k);
+            }
+        } else {
+            masks_portable(w + base, n - base, &pos, &neg);
+        }
+        if (pos != rec[2 * j] || neg != rec[2 * j + 1]) {
+            int64_t len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
+            fix_block(b, rec + 2 * j, w, mag, scale, base, len, pos, neg);
+        }
+    }
+}
+#endif
+
+void sigsym_resign(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n, int64_t lo,
+                   int64_t hi) {
+#ifdef SIGSYM_AVX2
+    if (__builtin_cpu_supports("avx2")) {
+        resign_avx2(b, rec, w, mag, scale, n, lo, hi);
+        return;
+    }
+#endif
+    resign_portable(b, rec, w, mag, scale, n, lo, hi);
 }

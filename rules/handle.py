@@ -1,12 +1,19 @@
 """Attaching a rule to a model with module hooks.
 
-For every Conv/Linear whose input needs a gradient:
-- the forward pre-hook switches grad mode off, so the module's own forward builds no autograd node;
-- the forward hook switches it back on (it runs even if the forward raised) and passes the output through
-  `_RuleLayer`, an identity marked as in-place (no copy, no view, so in-place activations after the layer still
-  work) whose graph edges are the layer's input, weight and bias.
-`_RuleLayer.backward` makes the single kernel call backpropagation would make, with B in place of W for the input
-gradient and the output mask the running backward pass actually needs (see rules/backward.py).
+One forward hook per Conv/Linear. When the layer's input needs a gradient, the hook finds the autograd node that
+PyTorch's own forward just built for the layer (ConvolutionBackward0, or AddmmBackward0 / MmBackward0 for nn.Linear)
+and registers saved-tensor hooks on the weight that node saved: when the backward unpacks it, it receives B instead.
+The native node then makes exactly the kernel call backpropagation makes, with the output mask the running backward
+pass needs, so weight and bias gradients are autograd's own, the error sent down is computed with B, nothing is
+computed twice, and an attack's d loss / d input computes no weight gradient. There is no Python on the backward
+path but the unpack hook, one call per layer.
+
+Deterministic rules (fa, usf, frsf) bring B up to date in the same hook, right after the layer's forward has read W;
+brsf draws B when the backward unpacks it, once per backward pass through the layer.
+
+Where the weight slot cannot take hooks (the forward ran under the user's saved-tensor hooks: activation
+checkpointing, CPU offload) or is not the module's own weight, the output is rewired through `_RuleLayer`, an
+identity whose backward makes the same kernel call explicitly (rules/backward.py).
 Layers whose input needs no gradient (the image batch in training) and every forward without grad mode (evaluation)
 are left to plain autograd, so they cost exactly what they cost without a rule.
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,11 +31,86 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from rules.backward import layer_backward
-from rules.base import FEEDBACK_LAYER_TYPES, Feedback, Layer, Rule
+from rules.base import FEEDBACK_LAYER_TYPES, Layer, Rule
 from rules.registry import get_rule
 from rules.streams import UniformStream
 
 _ATTR = "_sigsym_rule_handle"
+
+# The native node that holds a Conv/Linear layer's weight for its input gradient: the saved slot, and which of the
+# node's inputs (next_functions) is the weight.
+_WEIGHT_SLOTS = {"ConvolutionBackward0": ("_raw_saved_weight", 1), "AddmmBackward0": ("_raw_saved_mat2", 2),
+                 "MmBackward0": ("_raw_saved_mat2", 1)}
+# Nodes nn.Linear may put after it: the reshapes around >2-D and 1-D inputs, and the bias add of the matmul path.
+_PASS_THROUGH = {"ViewBackward0", "UnsafeViewBackward0", "AddBackward0"}
+
+
+def _weight_slot(out: torch.Tensor, weight: torch.Tensor) -> tuple[Any, bool] | None:
+    """(the saved-tensor slot of the node that computed `out` from `weight`, whether it saved autocast's cast copy
+    of the weight rather than the weight itself), or None where the graph is not the plain Conv/Linear one."""
+    node = out.grad_fn
+    for _ in range(4):
+        if node is None:
+            return None
+        kind = type(node).__name__
+        if kind in _WEIGHT_SLOTS:
+            break
+        if kind not in _PASS_THROUGH and not kind.startswith("SqueezeBackward"):
+            return None
+        node = node.next_functions[0][0]
+    else:
+        return None
+    slot, index = _WEIGHT_SLOTS[kind]
+    # The weight's own edge says whether the node saved autocast's copy: TBackward0 (Linear), then ToCopyBackward0.
+    edge, cast = node.next_functions[index][0], False
+    if edge is not None and type(edge).__name__ == "TBackward0":
+        edge = edge.next_functions[0][0]
+    if edge is not None and type(edge).__name__ == "ToCopyBackward0":
+        edge, cast = edge.next_functions[0][0], True
+        if edge is None or getattr(edge, "variable", None) is not weight:
+            return None  # a copy of something else
+    return getattr(node, slot, None), cast
+
+
+class _SavedWeight:
+    """Pack/unpack hooks for the weight a native node saved: the backward unpacks B (same view, same dtype).
+
+    Autograd hands the pack hook an alias of the saved tensor (no Parameter, no view base), so what it is a view of
+    is read from its storage: W's own storage, or (autocast) a fresh cast copy laid out like W.
+    """
+
+    __slots__ = ("handle", "layer", "cast", "tensor", "version", "origin")
+
+    def __init__(self, handle: RuleHandle, layer: Layer, cast: bool) -> None:
+        self.handle, self.layer, self.cast = handle, layer, cast
+        self.origin: int | None = None  # storage offset of the start of W (or of its copy) in the saved storage
+
+    def pack(self, t: torch.Tensor) -> _SavedWeight:
+        w = self.layer.weight
+        self.tensor, self.version = t, t._version
+        if not self.cast and t.dtype == w.dtype and t.untyped_storage().data_ptr() == w.untyped_storage().data_ptr():
+            self.origin = w.storage_offset()
+        elif self.cast and t.dtype != w.dtype and t.untyped_storage().nbytes() == w.numel() * t.element_size():
+            self.origin = 0
+        return self
+
+    def unpack(self, _: object) -> torch.Tensor:
+        t, w = self.tensor, self.layer.weight
+        if self.origin is None:  # never reached: the hook rewires such a layer through _RuleLayer
+            return t
+        if t._version != self.version:  # what autograd checks itself for a saved tensor without hooks
+            raise RuntimeError(
+                f"the weight of layer {self.layer.name!r} was modified in place after the forward pass that the "
+                f"backward pass runs through (rule {self.handle.name!r}); step the optimizer after backward()"
+            )
+        b = self.handle._feedback_for_backward(self.layer)
+        if b.stride() != w.stride():
+            b = torch.empty_like(w).copy_(b)
+        if b.dtype != t.dtype:
+            b = b.to(t.dtype)
+        if t.shape == b.shape and t.stride() == b.stride() and t.storage_offset() == self.origin:
+            return b
+        return b.as_strided(t.shape, t.stride(), b.storage_offset() + t.storage_offset() - self.origin)
 
 
 def _needed(ctx: Any, i: int) -> bool:
@@ -61,8 +144,8 @@ class _RuleLayer(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = _needed(ctx, 1), _needed(ctx, 2), _needed(ctx, 3)
-        fb = ctx.owner._feedback_for_backward(ctx.layer) if need_x else None
-        gx, gw, gb = layer_backward(g, x, w, fb, ctx.layer.module, need_x, need_w, need_b)
+        b = ctx.owner._feedback_for_backward(ctx.layer) if need_x else None
+        gx, gw, gb = layer_backward(g, x, w, b, ctx.layer.module, need_x, need_w, need_b)
         return None, gx, gw, gb, None, None
 
 
@@ -100,34 +183,31 @@ class RuleHandle:
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _install(self, layer: Layer) -> None:
-        stash: list[torch.Tensor | None] = []
+        self._hooks.append(layer.module.register_forward_hook(partial(self._wire, layer)))
 
-        def pre_hook(module: nn.Module, args: tuple) -> None:
-            x = args[0] if args else None
-            if (
-                self._exact_depth
-                or not isinstance(x, torch.Tensor)
-                or not x.requires_grad
-                or not torch.is_grad_enabled()
-            ):
-                stash.append(None)
-                return
-            stash.append(x)
-            torch.set_grad_enabled(False)
-
-        def post_hook(module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
-            x = stash.pop() if stash else None
-            if x is None:
-                return None
-            torch.set_grad_enabled(True)
-            if not isinstance(out, torch.Tensor):  # the forward raised; grad mode is restored, nothing to wire
-                return None
-            if out._is_view():  # e.g. nn.Linear on a 1-D input; autograd forbids rewiring a no-grad view in place
-                out = out.clone()
-            return _RuleLayer.apply(out, _edge(x), _edge(module.weight), _edge(module.bias), self, layer)
-
-        self._hooks.append(layer.module.register_forward_pre_hook(pre_hook))
-        self._hooks.append(layer.module.register_forward_hook(post_hook, always_call=True))
+    def _wire(self, layer: Layer, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
+        if self._exact_depth or not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            return None  # exact() block, or no graph (evaluation): plain autograd
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not x.requires_grad:
+            return None  # nothing is sent below this layer: its native node computes the exact weight gradient
+        found = _weight_slot(out, module.weight)
+        if found is not None and found[0] is not None:
+            saved = _SavedWeight(self, layer, cast=found[1])
+            try:
+                found[0].register_hooks(saved.pack, saved.unpack)
+            except RuntimeError:  # the slot already has the user's saved-tensor hooks
+                pass
+            else:
+                if saved.origin is not None:
+                    if not self.rule.random_per_pass:
+                        self.rule.feedback(layer, self.stream)  # W was just read by the forward: partly in cache
+                    return None
+        # The explicit path: the native node stays unused (it computed nothing; its saved tensors are references).
+        detached = out.detach()
+        if detached._is_view():  # e.g. nn.Linear on a 1-D input; autograd forbids rewiring a view in place
+            detached = detached.clone()
+        return _RuleLayer.apply(detached, _edge(x), _edge(module.weight), _edge(module.bias), self, layer)
 
     def detach(self) -> None:
         """Remove every hook: the model is plain autograd again (graphs built before keep their rule)."""
@@ -148,10 +228,10 @@ class RuleHandle:
             self._exact_depth -= 1
 
     # -- feedback matrices ---------------------------------------------------------------------------------------
-    def _feedback_for_backward(self, layer: Layer) -> Feedback:
-        fb = self.rule.feedback(layer, self.stream)
-        layer.last_b = fb
-        return fb
+    def _feedback_for_backward(self, layer: Layer) -> torch.Tensor:
+        b = self.rule.feedback(layer, self.stream)
+        layer.last_b = b
+        return b
 
     def feedback(self, name: str) -> torch.Tensor:
         """The layer's feedback matrix B as of now (a copy).
@@ -163,12 +243,12 @@ class RuleHandle:
         if self.rule.exact:
             return layer.weight.detach().clone()
         if not self.rule.random_per_pass:
-            fb = self.rule.feedback(layer, self.stream)
+            b = self.rule.feedback(layer, self.stream)
         elif layer.last_b is not None:
-            fb = layer.last_b
+            b = layer.last_b
         else:
-            fb = self.rule.feedback(layer, UniformStream(self.seed + 1_000_003))
-        return fb.materialize().detach().clone()
+            b = self.rule.feedback(layer, UniformStream(self.seed + 1_000_003))
+        return b.detach().clone()
 
     def feedback_matrices(self) -> dict[str, torch.Tensor]:
         return {name: self.feedback(name) for name in self.layers}

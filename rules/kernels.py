@@ -25,9 +25,9 @@ _loaded: ctypes.CDLL | None = None
 _failed: str | None = None
 _SIGNATURES = {
     "sigsym_brsf_fill": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
-                         ctypes.c_uint32],
-    "sigsym_resign": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64,
-                      ctypes.c_int64],
+                         ctypes.c_uint32, ctypes.c_float],
+    "sigsym_resign": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                      ctypes.c_int64, ctypes.c_int64, ctypes.c_int64],
 }
 
 
@@ -60,20 +60,37 @@ def native_fill():
     return lib.sigsym_brsf_fill if lib is not None else None
 
 
-def resign_(b, w, mag=None, scale: float = 1.0) -> bool:
-    """Update b = (mag or scale) * sign(w) in place where the sign of w changed; False if it cannot (caller rebuilds).
-
-    b must already hold that function of an earlier w (same mag and scale).
-    """
-    lib = _library()
+def resign_usable(b: torch.Tensor, w: torch.Tensor, mag: torch.Tensor | None = None) -> bool:
+    """Can `resign_` update this B in place (CPU, float32, contiguous, native library built)?"""
     tensors = [b, w] + ([mag] if mag is not None else [])
-    if lib is None or any(t.device.type != "cpu" or t.dtype.itemsize != 4 or not t.is_contiguous()
-                          or not t.is_floating_point() for t in tensors):
+    return _library() is not None and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.numel() == b.numel()
+        for t in tensors
+    )
+
+
+SIGN_BLOCK = 64  # weights per block of the sign record (feedback_kernels.c)
+
+
+def new_sign_record(n: int) -> torch.Tensor:
+    """A sign record for n weights that matches no W: the first `resign_` with it writes every entry of B."""
+    return torch.full((2 * -(-n // SIGN_BLOCK),), -1, dtype=torch.int64)
+
+
+def resign_(b: torch.Tensor, record: torch.Tensor, w: torch.Tensor, mag: torch.Tensor | None = None,
+            scale: float = 1.0) -> bool:
+    """Update b = (mag or scale) * sign(w) in place where sign(w) differs from `record` (updated too).
+
+    b must hold that function of the W the record describes (or the record be new). False if it cannot (GPU,
+    another dtype or layout, no compiler): the caller rebuilds B with torch.
+    """
+    n = b.numel()
+    if not (resign_usable(b, w, mag) and record.dtype == torch.int64 and record.numel() == 2 * -(-n // SIGN_BLOCK)):
         return False
-    if any(t.numel() != b.numel() for t in tensors):
-        return False
-    bptr, wptr, mptr = b.data_ptr(), w.data_ptr(), (mag.data_ptr() if mag is not None else None)
-    split_call(lambda lo, hi: lib.sigsym_resign(bptr, wptr, mptr, scale, lo, hi), b.numel())
+    lib = _library()
+    bptr, rptr, wptr = b.data_ptr(), record.data_ptr(), w.data_ptr()
+    mptr = mag.data_ptr() if mag is not None else None
+    split_call(lambda lo, hi: lib.sigsym_resign(bptr, rptr, wptr, mptr, scale, n, lo, hi), -(-n // SIGN_BLOCK))
     return True
 
 

@@ -66,8 +66,10 @@ class UniformStream:
         self.draws += 1
         return k & _M32, k >> 32
 
-    def fill_signed_(self, out: torch.Tensor, weight: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        """out = k * sign(weight) with a fresh k per element; returns out.
+    def fill_signed_(
+        self, out: torch.Tensor, weight: torch.Tensor, scale: float = 1.0, backend: str | None = None
+    ) -> torch.Tensor:
+        """out = (k * scale) * sign(weight) with a fresh k per element, in float32; returns out.
 
         `backend` forces 'native' (one fused pass in C), 'numpy' or 'torch'; all give the same numbers.
         """
@@ -77,25 +79,26 @@ class UniformStream:
         if backend is None:
             backend = "torch" if out.device.type != "cpu" else ("native" if native_fill() else "numpy")
         usable = out.is_contiguous() and out.dtype == torch.float32 and out.device.type == "cpu"
+        scale = float(np.float32(scale))  # every backend multiplies by the same float32 value
         if backend == "torch" or not usable:
-            return self._fill_torch(out, weight, k1, k2)
+            return self._fill_torch(out, weight, k1, k2, scale)
         w = weight.detach().to(torch.float32).contiguous()
         if backend == "native":
             fill = native_fill()
             if fill is None:
                 raise RuntimeError(f"the native brsf kernel is not available: {why_not_native()}")
-            self._fill_native(fill, out, w, k1, k2)
+            self._fill_native(fill, out, w, k1, k2, scale)
         else:
-            self._fill_numpy(out, w, k1, k2)
+            self._fill_numpy(out, w, k1, k2, scale)
         return out
 
     @staticmethod
-    def _fill_native(fill, out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> None:
+    def _fill_native(fill, out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, scale: float) -> None:
         optr, wptr = out.data_ptr(), weight.data_ptr()
-        split_call(lambda lo, hi: fill(optr, wptr, lo, hi, k1, k2), out.numel())
+        split_call(lambda lo, hi: fill(optr, wptr, lo, hi, k1, k2, scale), out.numel())
 
     @staticmethod
-    def _fill_numpy(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> None:
+    def _fill_numpy(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, scale: float) -> None:
         n = out.numel()
         x = _h32_numpy(np.arange(-(-n // 2), dtype=np.uint32) ^ np.uint32(k1))
         x += np.uint32(k2)
@@ -103,16 +106,18 @@ class UniformStream:
         lanes = np.empty(2 * len(x), dtype=np.uint32)
         lanes[0::2], lanes[1::2] = x & np.uint32(0xFFFF), x >> np.uint32(16)
         k = (lanes[:n] | np.uint32(1)).astype(np.float32).reshape(out.shape)
+        k *= np.float32(scale)
         np.multiply(k, torch.sign(weight).numpy(), out=out.numpy())
 
     @staticmethod
-    def _fill_torch(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int) -> torch.Tensor:
+    def _fill_torch(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, scale: float) -> torch.Tensor:
         n = out.numel()
         j = torch.arange(-(-n // 2), dtype=torch.int64, device=out.device)
         x = _h32_torch((_h32_torch(j ^ k1) + k2) & _M32)
         lanes = torch.stack([x & 0xFFFF, x >> 16], 1).reshape(-1)[:n]
-        k = (lanes | 1).to(out.dtype).view(out.shape)
-        return torch.mul(k, torch.sign(weight.detach()).to(out.dtype), out=out)
+        # float32 first, as the other backends, so the product is rounded once whatever out's dtype
+        k = (lanes | 1).to(torch.float32).mul_(scale).view(out.shape)
+        return torch.mul(k, torch.sign(weight.detach()).to(torch.float32), out=out)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "draws": self.draws}

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from rules.base import Feedback, Layer, Rule, xavier_std
-from rules.kernels import resign_
+from rules.base import Layer, Rule, xavier_std
 from rules.registry import register_rule
 
 
@@ -20,6 +19,5 @@ class USF(Rule):
     def init_layer(self, layer: Layer, generator: torch.Generator) -> None:
         layer.state["scale"] = torch.tensor(xavier_std(layer.weight))
 
-    def feedback(self, layer: Layer, stream: object | None = None) -> Feedback:
-        sign = layer.per_weight("sign", lambda w, out: torch.sign(w, out=out), lambda w, out: resign_(out, w))
-        return Feedback(sign, float(layer.state["scale"]))
+    def feedback(self, layer: Layer, stream: object | None = None) -> torch.Tensor:
+        return layer.sign_feedback(scale=float(layer.state["scale"]))

@@ -251,17 +251,20 @@ def test_brsf_stream_is_identical_across_backends_and_threads(n):
         s = UniformStream(5)
         s.fill_signed_(torch.empty(10), torch.ones(10), backend=backend)  # advance the counter first
         outs[backend] = s.fill_signed_(torch.empty(n), sign, backend=backend).clone()
+        scaled = s.fill_signed_(torch.empty(n), sign, scale=0.0123, backend=backend).clone()
+        outs[backend + " scaled"] = scaled
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         s = UniformStream(5)
         s.fill_signed_(torch.empty(10), torch.ones(10))
         outs["one thread"] = s.fill_signed_(torch.empty(n), sign).clone()
+        outs["one thread scaled"] = s.fill_signed_(torch.empty(n), sign, scale=0.0123).clone()
     finally:
         torch.set_num_threads(threads)
-    ref = outs["numpy"]
+    ref, ref_scaled = outs["numpy"], outs["numpy scaled"]
     for name, out in outs.items():
-        assert torch.equal(out, ref), name
+        assert torch.equal(out, ref_scaled if name.endswith("scaled") else ref), name
     nonzero = torch.sign(sign) != 0
     k = ref[nonzero].abs()
     assert (k >= 1).all() and (k <= 65535).all() and (k % 2 == 1).all() and (ref[~nonzero] == 0).all()
@@ -286,3 +289,44 @@ def test_sign_flip_updates_equal_a_full_rebuild(rule):
             patched = h.feedback(name)
             layer.clear_derived()
             assert torch.equal(patched, h.feedback(name)), f"{rule} {name} step {step}"
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 70_001])
+def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
+    """B = mag * sign(W) kept up to date through the sign record equals torch's formula after any sign changes, with
+    the AVX2 path and with the portable C loop (built here without it), for sizes that are not whole blocks."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    from rules import kernels
+
+    if kernels._library() is None:
+        pytest.skip(f"no native kernels: {kernels.why_not_native()}")
+    libs = {"default": kernels._library().sigsym_resign}
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is not None:
+        so = tmp_path / "portable.so"
+        subprocess.run([cc, "-O3", "-fPIC", "-shared", "-DSIGSYM_NO_CLONES", "-o", str(so), str(kernels._SOURCE)],
+                       check=True, capture_output=True)
+        fn = ctypes.CDLL(str(so)).sigsym_resign
+        fn.argtypes, fn.restype = kernels._SIGNATURES["sigsym_resign"], None
+        libs["portable"] = fn
+    g = torch.Generator().manual_seed(n)
+    w0 = torch.randn(n, generator=g)
+    w0[::7] = 0.0
+    w1 = w0.clone()
+    w1[::3] *= -1
+    w1[1::5] = 0.0
+    w1[2::11] = -0.0
+    w1[4::13] = 0.5
+    mag = torch.rand(n, generator=g)
+    for name, fn in libs.items():
+        for m, scale in [(mag, 1.0), (None, 0.37)]:
+            b, record = torch.empty(n), kernels.new_sign_record(n)
+            blocks = record.numel() // 2
+            mptr = m.data_ptr() if m is not None else None
+            for w in (w0, w1, w1):
+                fn(b.data_ptr(), record.data_ptr(), w.data_ptr(), mptr, scale, n, 0, blocks)
+                want = torch.sign(w) * (m if m is not None else torch.tensor(scale))
+                assert torch.equal(b, want), (name, m is None)
