@@ -7,9 +7,9 @@ torch's CPU generator needs 31 ms and numpy's fastest float32 draw 22 ms. So:
 - each magnitude is 16 random bits with the lowest forced to 1: |M| / a = (2j + 1) / 65536, j uniform on
   0..32767, the midpoints of 32,768 equal bins of (0, 1) (mean exactly 1/2, variance that of U(0, 1) within 1e-10,
   never 0);
-- the bits are counter-based (rules/feedback_kernels.c): any slice of a draw can be computed on its own, so two threads
-  split it without changing a number, and the same arithmetic runs as one fused vectorised C pass that reads W
-  and writes B, in numpy (no compiler), or in torch on a GPU, all bit-identical;
+- the bits are counter-based (rules/feedback_kernels.c): any slice of a draw can be computed on its own, and the
+  same arithmetic runs as one fused vectorised C pass that reads W and writes B, in numpy (no compiler), or in
+  torch on a GPU, all bit-identical;
 - the stream's whole state is (seed, draws so far), saved with the checkpoint.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rules.kernels import native_fill, split_call, why_not_native
+from rules.kernels import native_fill, why_not_native
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -94,8 +94,7 @@ class UniformStream:
 
     @staticmethod
     def _fill_native(fill, out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, scale: float) -> None:
-        optr, wptr = out.data_ptr(), weight.data_ptr()
-        split_call(lambda lo, hi: fill(optr, wptr, lo, hi, k1, k2, scale), out.numel())
+        fill(out.data_ptr(), weight.data_ptr(), 0, out.numel(), k1, k2, scale)
 
     @staticmethod
     def _fill_numpy(out: torch.Tensor, weight: torch.Tensor, k1: int, k2: int, scale: float) -> None:

@@ -294,7 +294,8 @@ def test_sign_flip_updates_equal_a_full_rebuild(rule):
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 70_001])
 def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
     """B = mag * sign(W) kept up to date through the sign record equals torch's formula after any sign changes, with
-    the AVX2 path and with the portable C loop (built here without it), for sizes that are not whole blocks."""
+    the machine's own path and with the AVX2 and portable loops (built here without the faster ones), for sizes that
+    are not whole blocks."""
     import ctypes
     import shutil
     import subprocess
@@ -305,13 +306,13 @@ def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
         pytest.skip(f"no native kernels: {kernels.why_not_native()}")
     libs = {"default": kernels._library().sigsym_resign}
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is not None:
-        so = tmp_path / "portable.so"
-        subprocess.run([cc, "-O3", "-fPIC", "-shared", "-DSIGSYM_NO_CLONES", "-o", str(so), str(kernels._SOURCE)],
+    for name, flag in ([("portable", "-DSIGSYM_NO_CLONES"), ("avx2", "-DSIGSYM_NO_AVX512")] if cc else []):
+        so = tmp_path / f"{name}.so"
+        subprocess.run([cc, "-O3", "-fPIC", "-shared", flag, "-o", str(so), str(kernels._SOURCE)],
                        check=True, capture_output=True)
         fn = ctypes.CDLL(str(so)).sigsym_resign
         fn.argtypes, fn.restype = kernels._SIGNATURES["sigsym_resign"], None
-        libs["portable"] = fn
+        libs[name] = fn
     g = torch.Generator().manual_seed(n)
     w0 = torch.randn(n, generator=g)
     w0[::7] = 0.0

@@ -241,6 +241,31 @@ def test_bfloat16_autocast_on_cpu():
     assert all(p.grad is not None and p.grad.dtype == p.dtype for p in model.parameters())
 
 
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_autocast_sends_the_rule_error_not_the_exact_one(rule):
+    """Autocast saves a bf16 copy of W; the backward must get B in bf16, not that copy (which would be BP)."""
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(num_classes=10).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+
+    def input_grad(name: str | None, amp: bool, frozen: bool = False) -> torch.Tensor:
+        m = copy.deepcopy(base).requires_grad_(not frozen)  # frozen: the cast copy has no graph to recognise it by
+        if name:
+            rules.attach(m, name, seed=0)
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = m(xi)
+        F.cross_entropy(out.float(), y).backward()
+        return xi.grad.flatten()
+
+    amp, bp = input_grad(rule, True), input_grad(None, True)
+    assert F.cosine_similarity(amp, bp, dim=0) < 0.5
+    if rule != "brsf":  # brsf's B is a fresh draw in each run
+        exact_precision = input_grad(rule, False)
+        assert F.cosine_similarity(amp, exact_precision, dim=0) > 0.95
+        assert F.cosine_similarity(input_grad(rule, True, frozen=True), exact_precision, dim=0) > 0.95
+
+
 class ConvBackwardCalls(TorchDispatchMode):
     """Every aten.convolution_backward the backward pass runs (native nodes included): its output mask and weight."""
 

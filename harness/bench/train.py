@@ -30,7 +30,7 @@ def _cycle(reader) -> Iterator:
 
 
 def run(root: str, rule_names: list[str], backbone: str = "resnet18", classes: list[int] | None = None,
-        pad: int = 2, batch_size: int = 64, steps_per_round: int = 3, rounds: int = 15, device: str = "cpu",
+        pad: int = 2, batch_size: int = 256, steps_per_round: int = 3, rounds: int = 15, device: str = "cpu",
         seed: int = 0, log: Callable[[str], None] = print) -> dict:
     cfg = merge(DEFAULTS, {"backbone": backbone, "device": device, "seed": seed,
                            "data": {"root": root, "target_classes": classes, "pad": pad}})
