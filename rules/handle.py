@@ -203,7 +203,7 @@ class RuleHandle:
                     if not self.rule.random_per_pass:
                         self.rule.feedback(layer, self.stream)  # W was just read by the forward: partly in cache
                     return None
-        # The explicit path: the native node stays unused (it computed nothing; its saved tensors are references).
+        # The explicit path. The forward ran once, in the module; its native node is dropped unused.
         detached = out.detach()
         if detached._is_view():  # e.g. nn.Linear on a 1-D input; autograd forbids rewiring a view in place
             detached = detached.clone()
