@@ -67,9 +67,9 @@ class Layer:
         """B = mag * sign(W) (or scale * sign(W)) in a persistent buffer, brought up to date only when W changed.
 
         After an optimizer step only the entries whose sign flipped are rewritten, found by comparing W with a
-        two-bit record of sign(W) (rules/feedback_kernels.c): that reads W, which the layer's forward has just pulled
-        into cache, and 1/16 of B's bytes. The buffers are reused rather than reallocated: on the CPU a fresh
-        weight-sized tensor per step costs page faults that dwarf the arithmetic.
+        two-bit record of sign(W) (rules/feedback_kernels.c): that reads W once (the layer's forward has just read
+        it, so partly from cache) and 1/16 of B's bytes. The buffers are reused rather than reallocated: on the CPU
+        a fresh weight-sized tensor per step costs page faults that dwarf the arithmetic.
         """
         w = self.weight
         stamp = (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride())
