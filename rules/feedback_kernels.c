@@ -69,17 +69,22 @@ static void masks_portable(const float *p, int64_t len, uint64_t *pos, uint64_t 
     *neg = ng;
 }
 
-static void fix_block(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t base,
-                      int64_t len, uint64_t pos, uint64_t neg) {
-    uint64_t diff = (pos ^ rec[0]) | (neg ^ rec[1]);
+/* Rewrite the entries of block j whose sign differs from the record, and record the new masks. */
+static inline void settle_block(float *b, uint64_t *rec, const float *mag, float scale, int64_t j, int64_t len,
+                                uint64_t pos, uint64_t neg) {
+    uint64_t diff = (pos ^ rec[2 * j]) | (neg ^ rec[2 * j + 1]);
+    if (!diff) {
+        return;
+    }
+    int64_t base = j * SIGSYM_BLOCK;
     for (int64_t k = 0; k < len; ++k) {
         if (diff >> k & 1u) {
             float s = (float)(int)((pos >> k & 1u) - (neg >> k & 1u));
             b[base + k] = (mag ? mag[base + k] : scale) * s;
         }
     }
-    rec[0] = pos;
-    rec[1] = neg;
+    rec[2 * j] = pos;
+    rec[2 * j + 1] = neg;
 }
 
 static void resign_portable(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
@@ -88,10 +93,13 @@ static void resign_portable(float *b, uint64_t *rec, const float *w, const float
         int64_t base = j * SIGSYM_BLOCK, len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
         uint64_t pos, neg;
         masks_portable(w + base, len, &pos, &neg);
-        if (pos != rec[2 * j] || neg != rec[2 * j + 1]) {
-            fix_block(b, rec + 2 * j, w, mag, scale, base, len, pos, neg);
-        }
+        settle_block(b, rec, mag, scale, j, len, pos, neg);
     }
+}
+
+/* The vector loops below take the whole blocks of [lo, hi); the last, partial block goes to the portable loop. */
+static inline int64_t whole_blocks_end(int64_t n, int64_t hi) {
+    return n / SIGSYM_BLOCK < hi ? n / SIGSYM_BLOCK : hi;
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SIGSYM_NO_CLONES)
@@ -102,46 +110,34 @@ __attribute__((target("avx2")))
 static void resign_avx2(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
                         int64_t lo, int64_t hi) {
     const __m256 zero = _mm256_setzero_ps();
-    for (int64_t j = lo; j < hi; ++j) {
-        int64_t base = j * SIGSYM_BLOCK;
+    int64_t end = whole_blocks_end(n, hi);
+    for (int64_t j = lo; j < end; ++j) {
         uint64_t pos = 0, neg = 0;
-        if (n - base >= SIGSYM_BLOCK) {
-            for (int k = 0; k < SIGSYM_BLOCK / 8; ++k) {
-                __m256 v = _mm256_loadu_ps(w + base + 8 * k);
-                pos |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)) << (8 * k);
-                neg |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)) << (8 * k);
-            }
-        } else {
-            masks_portable(w + base, n - base, &pos, &neg);
+        for (int k = 0; k < SIGSYM_BLOCK / 8; ++k) {
+            __m256 v = _mm256_loadu_ps(w + j * SIGSYM_BLOCK + 8 * k);
+            pos |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)) << (8 * k);
+            neg |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)) << (8 * k);
         }
-        if (pos != rec[2 * j] || neg != rec[2 * j + 1]) {
-            int64_t len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
-            fix_block(b, rec + 2 * j, w, mag, scale, base, len, pos, neg);
-        }
+        settle_block(b, rec, mag, scale, j, SIGSYM_BLOCK, pos, neg);
     }
+    resign_portable(b, rec, w, mag, scale, n, end > lo ? end : lo, hi);
 }
 
 __attribute__((target("avx512f")))
 static void resign_avx512(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
                           int64_t lo, int64_t hi) {
     const __m512 zero = _mm512_setzero_ps();
-    for (int64_t j = lo; j < hi; ++j) {
-        int64_t base = j * SIGSYM_BLOCK;
+    int64_t end = whole_blocks_end(n, hi);
+    for (int64_t j = lo; j < end; ++j) {
         uint64_t pos = 0, neg = 0;
-        if (n - base >= SIGSYM_BLOCK) {
-            for (int k = 0; k < SIGSYM_BLOCK / 16; ++k) {
-                __m512 v = _mm512_loadu_ps(w + base + 16 * k);
-                pos |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) << (16 * k);
-                neg |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) << (16 * k);
-            }
-        } else {
-            masks_portable(w + base, n - base, &pos, &neg);
+        for (int k = 0; k < SIGSYM_BLOCK / 16; ++k) {
+            __m512 v = _mm512_loadu_ps(w + j * SIGSYM_BLOCK + 16 * k);
+            pos |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) << (16 * k);
+            neg |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) << (16 * k);
         }
-        if (pos != rec[2 * j] || neg != rec[2 * j + 1]) {
-            int64_t len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
-            fix_block(b, rec + 2 * j, w, mag, scale, base, len, pos, neg);
-        }
+        settle_block(b, rec, mag, scale, j, SIGSYM_BLOCK, pos, neg);
     }
+    resign_portable(b, rec, w, mag, scale, n, end > lo ? end : lo, hi);
 }
 #endif
 
