@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-fast lint bench-rules bench-data fmnist-source data clean
+.PHONY: install demo test test-fast lint schema bench-rules bench-data fmnist-source data clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml Makefile
 lint: install
 	$(BIN)/ruff check .
 
+# dags/schema.json, the JSON Schema editors check DAG files against, from the settings the code declares
+schema: install
+	$(BIN)/harness schema
+
 # Real Fashion-MNIST for the embedded default and the real-data tests: Debian's package when we are root on
 # Debian (no download needed); otherwise `harness data prepare fashion-mnist` explains the other ways.
 fmnist-source:
@@ -43,7 +47,7 @@ fmnist-source:
 data: install fmnist-source
 	$(BIN)/harness data prepare fashion-mnist --out data/fashion-mnist
 
-# The embedded default (PROTOCOL.md section 6) end to end: prepare Fashion-MNIST, run dags/default.yaml on a local
+# The embedded default (docs/protocol.md, "The embedded default") end to end: prepare Fashion-MNIST, run dags/default.yaml on a local
 # Ray instance with MLflow in runs/default/mlflow.db, print the report written to results/default/. A second
 # `make demo` reuses every finished stage.
 demo: install data

@@ -18,10 +18,32 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-from harness.plan import Node
+from pydantic import Field
+
+from workloads.errors import ConfigError
+from workloads.settings import Section
+
+if TYPE_CHECKING:
+    from harness.dag import DagConfig
+    from harness.plan import Node
 
 TRAIN, GRAD, FORWARD = 3.0, 2.0, 1.0
+Images = Annotated[int | None, Field(ge=0, le=10**10)]
+
+
+class SizeHints(Section):
+    """Image counts a stage sees, for a dataset that is not prepared yet (train and test are needed)."""
+
+    train: Images = None
+    test: Images = None
+    database: Images = None
+    train_source: Images = None
+    """Pre-training images (default: train)."""
+    test_source: Images = None
+    """Pre-training test images (default: test)."""
+    image_size: Annotated[int | None, Field(ge=1, le=4096)] = None
 
 
 @functools.cache
@@ -57,7 +79,7 @@ def _attack_passes(cfg: dict) -> float:
     from workloads.attacks import get_attack
 
     spec = get_attack(cfg["attack"])
-    p = {**spec.defaults, **cfg["params"]}
+    p = spec.parse(cfg["params"]).model_dump()
     points = sum(1 for e in cfg["eps"] if e > 0)
     n = cfg["n"]
     if spec.family == "decision":
@@ -92,39 +114,38 @@ def _count(manifest, split: str, classes) -> int:
     return sum(info.class_counts.get(str(c), 0) for c in classes)
 
 
-def dataset_sizes(spec: dict, where: str) -> tuple[dict[str, dict], dict[str, int]]:
+def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str, int]]:
     """Per dataset: image counts the stages see (manifest, else the DAG's `sizes` hints) and the native side;
     `where` (the DAG file) names the input in errors."""
     from workloads.datasets import load_manifest
-    from workloads.datasets.errors import DataError
+    from workloads.errors import DataError
 
     sizes, sides = {}, {}
-    for name, d in spec["datasets"].items():
-        lim = {k: d.get(f"{k}_limit") for k in ("train", "test", "db")}
+    for name, d in dag.datasets.items():
         try:
-            m = load_manifest(d["root"])
+            m = load_manifest(d.root)
         except (DataError, OSError):
             m = None
         if m is None:
-            hint = d.get("sizes") or {}
-            if "train" not in hint or "test" not in hint:
-                raise ValueError(f"{where}: datasets.{name}: {d['root']} is not prepared; give `sizes: {{train: N, "
-                                 "test: N, database: N}}` in the DAG to estimate its cost without the data")
-            sizes[name] = {"train": hint["train"], "test": hint["test"], "database": hint.get("database", 0),
-                           "train_source": hint.get("train_source", hint["train"]),
-                           "test_source": hint.get("test_source", hint["test"])}
-            sides[name] = int(d.get("image_size") or hint.get("image_size") or 224)
+            hint = d.sizes or SizeHints()
+            if hint.train is None or hint.test is None:
+                raise ConfigError(f"{where}: datasets.{name}: {d.root} is not prepared; give `sizes: {{train: N, "
+                                  "test: N, database: N}}` in the DAG to estimate its cost without the data")
+            sizes[name] = {"train": hint.train, "test": hint.test, "database": hint.database or 0,
+                           "train_source": hint.train if hint.train_source is None else hint.train_source,
+                           "test_source": hint.test if hint.test_source is None else hint.test_source}
+            sides[name] = int(d.image_size or hint.image_size or 224)
         else:
             test = "test" if "test" in m.splits else ("query" if "query" in m.splits else "val")
             db = "database" if "database" in m.splits else "train"
-            tgt, src = d.get("target_classes"), d.get("source_classes")
+            tgt, src = d.target_classes, d.source_classes
             sizes[name] = {"train": _count(m, "train", tgt), "test": _count(m, test, tgt),
                            "database": _count(m, db, tgt), "train_source": _count(m, "train", src),
                            "test_source": _count(m, test, src)}
-            sides[name] = int(d.get("image_size") or ((m.image.get("height") or 224) + 2 * d.get("pad", 0)))
+            sides[name] = int(d.image_size or ((m.image.get("height") or 224) + 2 * d.pad))
         s = sizes[name]
-        for key, limit in (("train", lim["train"]), ("train_source", lim["train"]), ("test", lim["test"]),
-                           ("test_source", lim["test"]), ("database", lim["db"])):
+        for key, limit in (("train", d.train_limit), ("train_source", d.train_limit), ("test", d.test_limit),
+                           ("test_source", d.test_limit), ("database", d.db_limit)):
             if limit is not None:
                 s[key] = min(s[key], limit)
     return sizes, sides

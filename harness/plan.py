@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.dag import STAGES, Dag, DagError, cell_finetune
+from harness.dag import STAGES, Dag
+from workloads.errors import DataError
 
 
 @dataclass
@@ -41,8 +42,8 @@ def _fingerprint(root: str, where: str, name: str, require: bool = True) -> str:
     except FileNotFoundError:
         if not require:
             return "unprepared"
-        raise DagError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
-                       f"`harness data prepare {name} --out {root}` first") from None
+        raise DataError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
+                        f"`harness data prepare {name} --out {root}` first") from None
 
 
 def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
@@ -50,29 +51,30 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
 
     With require_data=False a dataset that is not prepared yet still gets its nodes (for `harness plan`); their
     keys change once it is, so nothing is taken from the store for them."""
-    spec = dag.spec
+    spec = dag.config
+    tasks = {name: {"name": name, **opts.model_dump()} for name, opts in spec.task_options().items()}
     nodes: list[Node] = []
     finetuned: dict[tuple, Node] = {}
-    for ds_name, ds in spec["datasets"].items():
-        fingerprint = _fingerprint(ds["root"], dag.path, ds_name, require_data)
-        for backbone in spec["backbones"]:
-            for seed in spec["seeds"]:
-                data = {k: v for k, v in ds.items() if k not in ("sizes", "finetune")}  # plan-only keys
-                base = {"backbone": backbone, "seed": seed, "device": spec["device"], "weights": spec["weights"],
+    for ds_name, ds in spec.datasets.items():
+        fingerprint = _fingerprint(ds.root, dag.path, ds_name, require_data)
+        data = ds.model_dump(exclude={"sizes", "finetune"})  # what the stages read; the rest is the plan's
+        for backbone in spec.backbones:
+            for seed in spec.seeds:
+                base = {"backbone": backbone, "seed": seed, "device": spec.device, "weights": spec.weights,
                         "data": data}
                 axes = {"dataset": ds_name, "backbone": backbone, "seed": seed}
                 pre_key = None
-                if spec["weights"] is None:
-                    cfg = {**base, "pretrain": spec["pretrain"]}
+                if spec.weights is None:
+                    cfg = {**base, "pretrain": spec.pretrain.model_dump()}
                     keyed = {k: v for k, v in cfg.items() if k != "device"}
                     # the manifest's hash names the data, not the folder it sits in
                     keyed["data"] = {k: v for k, v in data.items() if k not in ("root", "target_classes", "db_limit")}
                     pre_key = digest({"stage": "pretrain", "config": keyed, "dataset": ds_name, "data": fingerprint})
                     nodes.append(Node("pretrain", pre_key, f"pretrain {ds_name}/{backbone}/s{seed}", dict(axes), cfg))
-                for task, opts in spec["tasks"].items():
-                    for rule in spec["rules"]:
-                        finetune = cell_finetune(spec, {**axes, "task": task, "rule": rule})
-                        cfg = {**base, "task": {"name": task, **opts}, "finetune": finetune, "rule": rule}
+                for task in tasks:
+                    for rule in spec.rules:
+                        finetune = spec.finetune_for({**axes, "task": task, "rule": rule}).model_dump()
+                        cfg = {**base, "task": tasks[task], "finetune": finetune, "rule": rule}
                         keyed = {k: v for k, v in cfg.items() if k != "device"}
                         keyed["data"] = {k: v for k, v in data.items() if k != "root"}
                         key = digest({"stage": "finetune", "config": keyed, "dataset": ds_name, "data": fingerprint,
@@ -83,25 +85,25 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
                         nodes.append(ft)
                         finetuned[(ds_name, backbone, seed, task, rule)] = ft
     for ft in [n for n in nodes if n.stage == "finetune"]:
-        cfg = dict(spec["evaluate"])
+        cfg = spec.evaluate.model_dump()
         nodes.append(Node("evaluate", digest({"stage": "evaluate", "config": cfg, "model": ft.key}),
                           ft.label.replace("finetune", "evaluate", 1), dict(ft.axes), cfg, {"model": ft.key}))
     for ft in [n for n in nodes if n.stage == "finetune"]:
         a = ft.axes
-        for atk in spec["attacks"]:
-            if a["task"] not in atk["tasks"] or a["rule"] not in atk["rules"]:
+        for atk in spec.attacks:
+            if a["task"] not in atk.tasks or a["rule"] not in atk.rules:
                 continue
-            for source in atk["sources"]:
-                cfg = {"attack": atk["name"], "source": source, "eps": atk["eps"], "n": atk["n"],
-                       "batch_size": atk["batch_size"], "params": atk["params"], "device": spec["device"]}
+            for source in atk.crafting_sources():
+                cfg = {"attack": atk.name, "source": source, "eps": atk.eps, "n": atk.n,
+                       "batch_size": atk.batch_size, "params": atk.params.model_dump(), "device": spec.device}
                 inputs = {"model": ft.key}
                 if source == "transfer":
                     inputs["sibling"] = finetuned[(a["dataset"], a["backbone"], a["seed"], a["task"], "bp")].key
                 keyed = {k: v for k, v in cfg.items() if k != "device"}
                 key = digest({"stage": "attack", "config": keyed, "inputs": inputs})
-                label = f"attack {atk['name']}/{source or 'query'} on {a['task']}/{a['rule']} " \
+                label = f"attack {atk.name}/{source or 'query'} on {a['task']}/{a['rule']} " \
                         f"{a['dataset']}/{a['backbone']}/s{a['seed']}"
-                nodes.append(Node("attack", key, label, {**a, "attack": atk["name"], "source": source or "none"},
+                nodes.append(Node("attack", key, label, {**a, "attack": atk.name, "source": source or "none"},
                                   cfg, inputs))
     order = {s: i for i, s in enumerate(STAGES)}
     return sorted(nodes, key=lambda n: order[n.stage])  # stable: keeps grid order within a stage

@@ -1,4 +1,4 @@
-"""`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure of PROTOCOL.md section 7.
+"""`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure docs/protocol.md ("The report") lists.
 
 Writes `results/<experiment>/`: clean.{csv,md} (top-1 and mAP), robustness.{csv,md,png} (accuracy vs eps per
 gradient source), hashing_attacks.{csv,md}, blackbox.{csv,md}, diagnostics.{csv,md}, and README.md with all of
@@ -13,17 +13,13 @@ from pathlib import Path
 
 import polars as pl
 
-from harness.errors import HarnessError
-from harness.tracking import AXES
+import rules
+from workloads.attacks import ATTACKS, GRADIENT_SOURCES, get_attack
+from workloads.errors import InputError, ServiceError
+from workloads.names import AXES, Metric, Stage
+from workloads.tasks import get_task
 
 EPS_METRIC = re.compile(r"^metrics\.(?P<metric>[a-z_0-9]+)/eps_(?P<eps>[0-9.e-]+)$")
-GRADIENT_ATTACKS_ORDER = ("fgsm", "pgd", "apgd", "autoattack")
-ATTACK_ORDER = (*GRADIENT_ATTACKS_ORDER, "square", "boundary", "hsja", "hag", "sdha")
-SOURCE_ORDER = ("rule", "exact", "transfer")
-
-
-class ReportError(HarnessError):
-    pass
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
@@ -34,9 +30,9 @@ def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
     try:
         exp = mlflow.get_experiment_by_name(experiment)
     except Exception as exc:
-        raise ReportError(f"cannot read MLflow at {tracking_uri}: {type(exc).__name__}: {exc}") from None
+        raise ServiceError(f"cannot read MLflow at {tracking_uri}: {type(exc).__name__}: {exc}") from None
     if exp is None:
-        raise ReportError(f"MLflow at {tracking_uri} has no experiment {experiment!r}; run `harness run` first")
+        raise InputError(f"MLflow at {tracking_uri} has no experiment {experiment!r}; run `harness run` first")
     runs = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'node' and attributes.status = 'FINISHED'",
                               output_format="list", max_results=50000)
     rows = []
@@ -47,7 +43,7 @@ def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
         row.update({f"param.{k}": v for k, v in r.data.params.items() if k.startswith("params.")})
         rows.append(row)
     if not rows:
-        raise ReportError(f"experiment {experiment!r} has no finished stage runs yet")
+        raise InputError(f"experiment {experiment!r} has no finished stage runs yet")
     df = pl.DataFrame(rows, infer_schema_length=None)
     keys = ["stage", *AXES]
     return df.sort("start", descending=True).unique(subset=keys, keep="first", maintain_order=True)
@@ -66,9 +62,13 @@ def _markdown(df: pl.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _rule_order(rules: list[str]) -> list[str]:
-    known = ["bp", "fa", "usf", "frsf", "brsf"]
-    return sorted(rules, key=lambda r: (known.index(r) if r in known else len(known), r))
+def _in_order(names: list[str], order: list[str]) -> list[str]:
+    """`names` in registration order; names not registered (an old run's) last, alphabetically."""
+    return sorted(names, key=lambda r: (order.index(r) if r in order else len(order), r))
+
+
+def _rule_order(names: list[str]) -> list[str]:
+    return _in_order(names, rules.ordered_rules())
 
 
 def _eps_long(df: pl.DataFrame, metric: str) -> pl.DataFrame:
@@ -98,27 +98,27 @@ def _sort_rules(df: pl.DataFrame, index: list[str]) -> pl.DataFrame:
     if "rule" not in df.columns or df.is_empty():
         return df
     order = {r: i for i, r in enumerate(_rule_order(df["rule"].unique().to_list()))}
-    src = {s: i for i, s in enumerate(SOURCE_ORDER)}
-    atk = {a: i for i, a in enumerate(ATTACK_ORDER)}
+    src = {s: i for i, s in enumerate(GRADIENT_SOURCES)}
+    atk = {a: i for i, a in enumerate(ATTACKS.in_order())}
     keyed = df.with_columns(
         pl.col("rule").replace_strict(order, default=99).alias("_r"),
         (pl.col("source").replace_strict(src, default=9) if "source" in df.columns else pl.lit(0)).alias("_s"),
         (pl.col("attack").replace_strict(atk, default=9) if "attack" in df.columns else pl.lit(0)).alias("_a"),
     )
     lead = [c for c in index if c not in ("rule", "source", "attack")]
-    names = [c for c in ("attack",) if c in df.columns]  # attacks outside ATTACK_ORDER: by name
+    names = [c for c in ("attack",) if c in df.columns]  # attacks no longer registered: by name
     return keyed.sort([*lead, "_a", *names, "_s", "_r"]).drop(["_r", "_s", "_a"])
 
 
 def clean_table(runs: pl.DataFrame) -> pl.DataFrame:
-    ev = runs.filter(pl.col("stage") == "evaluate")
+    ev = runs.filter(pl.col("stage") == Stage.EVALUATE)
     rows = []
     for r in ev.iter_rows(named=True):
-        metric = "top1" if r["task"] == "classification" else "map"
-        value = r.get(f"metrics.{metric}")
+        task = get_task(r["task"])
+        value = r.get(f"metrics.{task.metric}")
         if value is not None:
             rows.append({"dataset": r["dataset"], "backbone": r["backbone"], "task": r["task"],
-                         "metric": "top-1" if metric == "top1" else "mAP", "rule": r["rule"], "value": value})
+                         "metric": task.metric_label, "rule": r["rule"], "value": value})
     if not rows:
         return pl.DataFrame()
     df = pl.DataFrame(rows).group_by(["dataset", "backbone", "task", "metric", "rule"]).agg(pl.col("value").mean())
@@ -128,9 +128,9 @@ def clean_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def diagnostics_table(runs: pl.DataFrame) -> pl.DataFrame:
-    ev = runs.filter(pl.col("stage") == "evaluate")
-    cols = {"metrics.angle_mean_deg": "B-W angle (deg, mean over layers)",
-            "metrics.input_grad_cosine_mean": "cos(rule grad, exact grad)"}
+    ev = runs.filter(pl.col("stage") == Stage.EVALUATE)
+    cols = {f"metrics.{Metric.ANGLE}": "B-W angle (deg, mean over layers)",
+            f"metrics.{Metric.GRAD_COSINE}": "cos(rule grad, exact grad)"}
     present = [c for c in cols if c in ev.columns]
     if ev.is_empty() or not present:
         return pl.DataFrame()
@@ -139,34 +139,36 @@ def diagnostics_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _attack_runs(runs: pl.DataFrame, task: str, families: tuple[str, ...]) -> pl.DataFrame:
-    from workloads.attacks import get_attack
-
-    atk = runs.filter((pl.col("stage") == "attack") & (pl.col("task") == task))
+    atk = runs.filter((pl.col("stage") == Stage.ATTACK) & (pl.col("task") == task))
     names = [a for a in atk["attack"].unique().to_list() if get_attack(a).family in families] if len(atk) else []
     return atk.filter(pl.col("attack").is_in(names))
 
 
+CLASSIFICATION, HASHING = "classification", "hashing"
+ROBUST, ROBUST_MAP = get_task(CLASSIFICATION).attack_metric, get_task(HASHING).attack_metric
+
+
 def robustness_table(runs: pl.DataFrame) -> pl.DataFrame:
-    long = _eps_long(_attack_runs(runs, "classification", ("gradient", "score")), "robust_acc")
-    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], "robust_acc")
+    long = _eps_long(_attack_runs(runs, CLASSIFICATION, ("gradient", "score")), ROBUST)
+    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], ROBUST)
 
 
 def hashing_attack_table(runs: pl.DataFrame) -> pl.DataFrame:
-    long = _eps_long(_attack_runs(runs, "hashing", ("hashing",)), "map")
-    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], "map")
+    long = _eps_long(_attack_runs(runs, HASHING, ("hashing",)), ROBUST_MAP)
+    return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], ROBUST_MAP)
 
 
 def blackbox_table(runs: pl.DataFrame) -> pl.DataFrame:
-    atk = _attack_runs(runs, "classification", ("decision",))
+    atk = _attack_runs(runs, CLASSIFICATION, ("decision",))
     if atk.is_empty():
         return pl.DataFrame()
-    wide = _wide(_eps_long(atk, "robust_acc"), ["dataset", "backbone", "attack", "rule"], "robust_acc")
+    wide = _wide(_eps_long(atk, ROBUST), ["dataset", "backbone", "attack", "rule"], ROBUST)
     extra = []
     for r in atk.iter_rows(named=True):
         first = {m["metric"]: r[c] for c in atk.columns if (m := EPS_METRIC.match(c)) and r[c] is not None}
         extra.append({"dataset": r["dataset"], "backbone": r["backbone"], "attack": r["attack"], "rule": r["rule"],
-                      "median L2": first.get("median_l2"), "median Linf": first.get("median_linf"),
-                      "queries/image": first.get("queries")})
+                      "median L2": first.get(Metric.MEDIAN_L2), "median Linf": first.get(Metric.MEDIAN_LINF),
+                      "queries/image": first.get(Metric.QUERIES)})
     sizes = pl.DataFrame(extra).group_by(["dataset", "backbone", "attack", "rule"]).agg(
         pl.col("median L2").mean(), pl.col("median Linf").mean(), pl.col("queries/image").mean())
     return _sort_rules(wide.join(sizes, on=["dataset", "backbone", "attack", "rule"], how="left"),
@@ -180,12 +182,12 @@ def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    long = _eps_long(_attack_runs(runs, "classification", ("gradient",)), "robust_acc")
+    long = _eps_long(_attack_runs(runs, CLASSIFICATION, ("gradient",)), ROBUST)
     if long.is_empty():
         return None
-    long = long.group_by(["attack", "source", "rule", "eps"]).agg(pl.col("robust_acc").mean())
-    attacks = [a for a in GRADIENT_ATTACKS_ORDER if a in long["attack"].unique().to_list()]
-    sources = [s for s in SOURCE_ORDER if s in long["source"].unique().to_list()]
+    long = long.group_by(["attack", "source", "rule", "eps"]).agg(pl.col(ROBUST).mean())
+    attacks = _in_order(long["attack"].unique().to_list(), ATTACKS.in_order())
+    sources = [s for s in GRADIENT_SOURCES if s in long["source"].unique().to_list()]
     rules = _rule_order(long["rule"].unique().to_list())
     fig, axes = plt.subplots(len(attacks), len(sources), figsize=(4 * len(sources), 3.2 * len(attacks)),
                              squeeze=False, sharex=True, sharey=True)
@@ -196,7 +198,7 @@ def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
                 d = long.filter((pl.col("attack") == atk) & (pl.col("source") == src) & (pl.col("rule") == rule))
                 if not d.is_empty():
                     d = d.sort("eps")
-                    ax.plot(d["eps"].to_list(), d["robust_acc"].to_list(), marker="o", label=rule,
+                    ax.plot(d["eps"].to_list(), d[ROBUST].to_list(), marker="o", label=rule,
                             linestyle="--" if rule == "bp" else "-")
             ax.set_title(f"{atk.upper()}, {src} gradient")
             ax.set_ylim(-0.02, 1.02)
@@ -214,12 +216,12 @@ def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
 
 def verdicts(runs: pl.DataFrame) -> list[str]:
     """Per rule: does its white-box robustness survive exact gradients and transfer from BP?"""
-    long = _eps_long(_attack_runs(runs, "classification", ("gradient",)), "robust_acc")
+    long = _eps_long(_attack_runs(runs, CLASSIFICATION, ("gradient",)), ROBUST)
     if long.is_empty():
         return []
     attacks = long["attack"].unique().to_list()
     atk = "pgd" if "pgd" in attacks else sorted(attacks)[0]
-    d = long.filter(pl.col("attack") == atk).group_by(["rule", "source", "eps"]).agg(pl.col("robust_acc").mean())
+    d = long.filter(pl.col("attack") == atk).group_by(["rule", "source", "eps"]).agg(pl.col(ROBUST).mean())
     eps_all = sorted(e for e in d["eps"].unique().to_list() if e > 0)
     if not eps_all:
         return []
@@ -227,7 +229,7 @@ def verdicts(runs: pl.DataFrame) -> list[str]:
 
     def acc(rule: str, source: str) -> float | None:
         v = d.filter((pl.col("rule") == rule) & (pl.col("source") == source) & (pl.col("eps") == eps))
-        return None if v.is_empty() else float(v["robust_acc"][0])
+        return None if v.is_empty() else float(v[ROBUST][0])
 
     lines = []
     bp = acc("bp", "exact") if acc("bp", "exact") is not None else acc("bp", "rule")
@@ -255,9 +257,7 @@ def attack_notes(runs: pl.DataFrame) -> list[str]:
     """Where an attack ran with settings other than its paper-faithful defaults, say so."""
     import json
 
-    from workloads.attacks import get_attack
-
-    atk = runs.filter(pl.col("stage") == "attack")
+    atk = runs.filter(pl.col("stage") == Stage.ATTACK)
     notes = []
     for name in sorted(atk["attack"].unique().to_list()) if len(atk) else []:
         defaults = get_attack(name).defaults
@@ -275,9 +275,11 @@ def attack_notes(runs: pl.DataFrame) -> list[str]:
         if changed:
             text = ", ".join(f"{k} {'/'.join(sorted(v))} (default {defaults[k]})" for k, v in sorted(changed.items()))
             notes.append(f"{name} ran with reduced or changed settings: {text}.")
-    if "brsf" in (atk["rule"].unique().to_list() if len(atk) else []):
-        notes.append("brsf redraws its feedback magnitudes at every forward pass, attacks included (BioTorch's "
-                     "behaviour, PROTOCOL.md section 2): a `rule`-source attacker sees a new B at every step.")
+    for rule in _rule_order(atk["rule"].unique().to_list() if len(atk) else []):
+        if rule in rules.available_rules() and rules.get_rule(rule).random_per_pass:
+            notes.append(f"{rule} redraws its feedback magnitudes at every backward pass, attacks included "
+                         "(BioTorch's behaviour, docs/protocol.md): a `rule`-source attacker sees a new B at every "
+                         "step.")
     return notes
 
 

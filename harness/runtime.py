@@ -1,10 +1,10 @@
 """Process-wide settings that make PyTorch on the CPU fast here, applied by every harness entry point.
 
 glibc returns freed blocks above its mmap/trim thresholds to the OS, so the next weight- or activation-sized
-tensor is fresh memory and pays a page fault per 4 KiB. On this kind of VM that fault costs microseconds: torch.sign
-of 11.2M floats takes 62 ms into new memory and 2 ms into reused memory, and Adam's per-step temporaries slow a
-ResNet-18 step by about 10%. Raising both thresholds keeps freed memory in the heap for reuse. (Setting
-MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment does the same for any process.)
+tensor is fresh memory and pays a page fault per 4 KiB; on the VMs this runs on that made Adam's per-step
+temporaries slow a ResNet-18 step measurably (results/bench/NOTES.md). Raising both thresholds keeps freed memory in
+the heap for reuse. (Setting MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment does the same for
+any process.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`harness tune`: hyper-parameter search for fine-tuning, one Ray Tune run per rule, with the ASHA scheduler.
+"""`harness search`: hyper-parameter search for fine-tuning, one Ray Tune run per rule, with the ASHA scheduler.
 
 The search runs on one cell of the DAG (a dataset, backbone and task; the first of each unless named) and reuses
 the DAG's pretraining from the artifact store. For each rule, trials draw lr_backbone, lr_head and weight_decay
@@ -8,8 +8,8 @@ on a held-out part of the training split, chosen by sample key: the test split i
 setting is scored the same way (the baseline), so a rule's result improves on it or keeps it. The best setting
 of each rule, with `epochs` = the epoch where it peaked, is logged to MLflow and written as a DAG override:
 
-    harness tune dags/smoke.yaml --samples 8
-    harness run dags/smoke.yaml --overrides runs/smoke/tune/best.yaml
+    harness search dags/smoke.yaml --samples 8
+    harness run dags/smoke.yaml --overrides runs/smoke/search/best.yaml
 """
 
 from __future__ import annotations
@@ -19,30 +19,36 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import Field
 
 from harness.dag import Dag
-from harness.errors import HarnessError
 from harness.plan import Node, build_plan, digest
+from harness.raytune import init_ray, run_trials
 from harness.store import ArtifactStore, atomic_write_text
 from harness.tracking import Tracker, default_uri
+from workloads.errors import ConfigError, TrialError
+from workloads.settings import Count, Section
 
 SEARCHED = ("lr_backbone", "lr_head", "weight_decay")
 Log = Callable[[str], None]
 
 
-class SearchError(HarnessError):
-    pass
+class SearchSettings(Section):
+    """The flags of `harness search` (each --flag is the field of the same name)."""
 
-
-@dataclass
-class Settings:
-    rules: list[str] | None = None  # default: the DAG's rules
-    samples: int = 8  # sampled settings per rule, on top of the baseline
-    max_epochs: int | None = None  # default: twice the DAG's fine-tuning epochs
-    validation: float = 0.2  # held-out fraction of the training split
-    spread: float = 10.0  # each value is drawn from [v / spread, v * spread]
+    rules: list[str] | None = None
+    """Rules to search for (default: the DAG's)."""
+    samples: Count = 8
+    """Settings drawn per rule, on top of the DAG's own."""
+    max_epochs: Count | None = None
+    """Epochs a trial may run, ASHA's max_t (default: twice the DAG's fine-tuning epochs)."""
+    validation: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """Fraction of the training split held out to score trials."""
+    spread: Annotated[float, Field(ge=1, le=1e6)] = 10.0
+    """Each value is drawn log-uniformly in [v / spread, v * spread] around the DAG's v."""
     dataset: str | None = None
     backbone: str | None = None
     task: str | None = None
@@ -90,18 +96,18 @@ def search_space(base: dict, spread: float, max_epochs: int) -> dict:
     return space
 
 
-def _cell(dag: Dag, nodes: list[Node], s: Settings) -> tuple[dict, dict[str, Node], Node | None]:
-    spec = dag.spec
-    want = {"dataset": s.dataset or next(iter(spec["datasets"])), "backbone": s.backbone or spec["backbones"][0],
-            "task": s.task or next(iter(spec["tasks"])), "seed": spec["seeds"][0]}
-    for axis, allowed in (("dataset", list(spec["datasets"])), ("backbone", spec["backbones"]),
-                          ("task", list(spec["tasks"]))):
+def _cell(dag: Dag, nodes: list[Node], s: SearchSettings) -> tuple[dict, dict[str, Node], Node | None]:
+    spec = dag.config
+    tasks = list(spec.task_options())
+    want = {"dataset": s.dataset or next(iter(spec.datasets)), "backbone": s.backbone or spec.backbones[0],
+            "task": s.task or tasks[0], "seed": spec.seeds[0]}
+    for axis, allowed in (("dataset", list(spec.datasets)), ("backbone", spec.backbones), ("task", tasks)):
         if want[axis] not in allowed:
-            raise SearchError(f"--{axis} {want[axis]}: not in {dag.path}; allowed: {', '.join(map(str, allowed))}")
-    rules = s.rules or spec["rules"]
-    unknown = [r for r in rules if r not in spec["rules"]]
+            raise ConfigError(f"--{axis} {want[axis]}: not in {dag.path}; allowed: {', '.join(map(str, allowed))}")
+    rules = s.rules or spec.rules
+    unknown = [r for r in rules if r not in spec.rules]
     if unknown:
-        raise SearchError(f"--rules: {', '.join(unknown)} not in {dag.path}'s rules ({', '.join(spec['rules'])})")
+        raise ConfigError(f"--rules: {', '.join(unknown)} not in {dag.path}'s rules ({', '.join(spec.rules)})")
     fts = {n.axes["rule"]: n for n in nodes if n.stage == "finetune"
            and all(n.axes[k] == v for k, v in want.items())}
     pre_key = fts[rules[0]].inputs.get("pretrained")
@@ -139,43 +145,34 @@ def resolved(config: dict, bases: dict) -> dict:
     return {k: config.get(k, base[k]) for k in (*SEARCHED, "epochs")}
 
 
-def _recorder(runs: dict, phase: str, bases: dict, log: Log):
-    from ray.tune import Callback
+def _recorder(runs: dict, phase: str, bases: dict) -> Callable:
+    """Keeps each trial's validation curve in `runs` and words its progress line."""
+    def describe(trial, result: dict) -> str:
+        t = runs.setdefault(trial.trial_id, Trial(trial.config["rule"], phase, resolved(trial.config, bases)))
+        if result.get("diverged"):
+            t.error = result.get("error", "diverged")
+            return f"diverged: {t.error}"
+        epoch = int(result["epoch"])
+        # a trial Tune restarted (its worker died) reports from epoch 1 again: keep the new attempt's curve
+        t.curve = [p for p in t.curve if p[0] < epoch] + [(epoch, float(result["val"]))]
+        t.loss = [p for p in t.loss if p[0] < epoch] + [(epoch, float(result["loss"]))]
+        return f"epoch {epoch}/{t.config['epochs']} val {result['val']:.4f}"
 
-    class Record(Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ARG002
-            t = runs.setdefault(trial.trial_id, Trial(trial.config["rule"], phase, resolved(trial.config, bases)))
-            if result.get("diverged"):
-                t.error = result.get("error", "diverged")
-                log(f"[tune {phase} {t.rule}] {trial.trial_id}: diverged: {t.error}")
-                return
-            epoch = int(result["epoch"])
-            # a trial Tune restarted (its worker died) reports from epoch 1 again: keep the new attempt's curve
-            t.curve = [p for p in t.curve if p[0] < epoch] + [(epoch, float(result["val"]))]
-            t.loss = [p for p in t.loss if p[0] < epoch] + [(epoch, float(result["loss"]))]
-            log(f"[tune {phase} {t.rule}] {trial.trial_id}: epoch {result['epoch']}/{t.config['epochs']} "
-                f"val {result['val']:.4f}")
-
-    return Record()
+    return describe
 
 
-def _fit(name: str, space: dict, trainable, num_samples: int, scheduler, seed: int, dag: Dag, out_dir: Path,
-         callback) -> None:
-    from ray import tune
+def _search(name: str, space: dict, phase: str, runs: dict, dag: Dag, out_dir: Path, constants: dict, log: Log,
+            total: int, seed: int, **tune_config) -> None:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric="val", mode="max", scheduler=scheduler, num_samples=num_samples,
-                                    search_alg=BasicVariantGenerator(random_state=seed),  # same seed, same draws
-                                    max_concurrent_trials=dag["max_concurrent"] or None),
-        run_config=tune.RunConfig(name=name, storage_path=str((out_dir / "tune").resolve()), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=dag["retries"]),
-                                  callbacks=[callback]),
-    )
-    for result in tuner.fit():
+    grid = run_trials(name, _trainable, space, stage="search", resources="finetune", total=total,
+                      settings=dag.config, storage=out_dir / "tune", log=log, constants=constants,
+                      describe=_recorder(runs, phase, constants["bases"]),
+                      label=lambda t: f"{phase} {t.config['rule']} {t.trial_id}", metric="val", mode="max",
+                      search_alg=BasicVariantGenerator(random_state=seed), **tune_config)  # same seed, same draws
+    for result in grid:
         if result.error is not None:
-            raise SearchError(f"a tuning trial failed: {str(result.error).strip().splitlines()[-1]}")
+            raise TrialError(f"a search trial failed: {str(result.error).strip().splitlines()[-1]}")
 
 
 def choose(trials: list[Trial], rules: list[str], dag_epochs: dict[str, int]) -> dict:
@@ -184,7 +181,7 @@ def choose(trials: list[Trial], rules: list[str], dag_epochs: dict[str, int]) ->
     for rule in rules:
         base = next(t for t in trials if t.rule == rule and t.phase == "baseline")
         if base.error or not base.curve:
-            raise SearchError(f"the DAG's own fine-tuning setting fails for {rule}: {base.error}; fix it before "
+            raise TrialError(f"the DAG's own fine-tuning setting fails for {rule}: {base.error}; fix it before "
                               "tuning")
         chosen = {"finetune": {k: base.config[k] for k in SEARCHED} | {"epochs": dag_epochs[rule]},
                   "val": base.curve[-1][1], "from": "baseline"}
@@ -201,7 +198,7 @@ def write_override(path: Path, dag: Dag, cell: dict, metric: str, validation: fl
     """The winning settings as a DAG override file; a rule whose DAG setting won is left out (its cache stays)."""
     won = {r: {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in b["finetune"].items()}
            for r, b in best.items() if b["from"] == "search"}
-    lines = [f"# Written by `harness tune {dag.path}` on {time.strftime('%Y-%m-%d %H:%M')}: the best fine-tuning "
+    lines = [f"# Written by `harness search {dag.path}` on {time.strftime('%Y-%m-%d %H:%M')}: the best fine-tuning "
              "setting per rule,",
              f"# searched on {cell['dataset']}/{cell['backbone']}/{cell['task']} (seed {cell['seed']}) and scored by "
              f"validation {metric} on {validation:.0%} of the training split.",
@@ -244,21 +241,16 @@ def plot(trials: list[Trial], best: dict, metric: str, path: Path) -> Path:
     return path
 
 
-def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tracking_uri: str | None = None,
-             address: str | None = None, override_path: str | Path | None = None,
-             log: Log = print) -> SearchResult:
+def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = None,
+               tracking_uri: str | None = None, address: str | None = None,
+               override_path: str | Path | None = None, log: Log = print) -> SearchResult:
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from harness.orchestrator import init_ray, run_level, stage_resources
+    from harness.orchestrator import run_level
     from workloads.tasks import get_task
 
     t0 = time.perf_counter()
-    if not 0 < settings.validation < 1:
-        raise SearchError(f"--validation {settings.validation}: a fraction in (0, 1) of the training split")
-    if settings.samples < 1 or settings.spread < 1:
-        raise SearchError("--samples must be at least 1 and --spread at least 1")
-    if settings.max_epochs is not None and settings.max_epochs < 1:
-        raise SearchError(f"--max-epochs {settings.max_epochs}: at least 1")
     out = Path(out_dir or Path("runs") / dag.experiment).resolve()
     store = ArtifactStore(out / "store")
     store.check_writable()
@@ -273,43 +265,36 @@ def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tr
     init_ray(address, log)
 
     if pre is not None and not store.done("pretrain", pre.key):
-        log(f"[tune] pretraining first: {pre.label}")
+        log(f"[search] pretraining first: {pre.label}")
         errors = run_level(dag, "pretrain", [pre], store, out, log)
         if errors:
-            raise SearchError(f"pretraining failed: {errors[pre.key]}")
-    pretrained = str(store.model_path("pretrain", pre.key)) if pre is not None else None
-
-    from ray import tune
-
-    res = stage_resources(dag, "finetune", log)
-    threads = max(1, int(res["cpu"]))
-    bases = {r: n.config for r, n in fts.items()}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, bases=bases, pretrained=pretrained,
-                                                         validation=settings.validation, threads=threads), res)
-    tag = digest({"cell": cell, "rules": rules, "settings": settings.__dict__, "bases": bases})
+            raise TrialError(f"pretraining failed: {errors[pre.key]}")
+    constants = {"bases": {r: n.config for r, n in fts.items()}, "validation": settings.validation,
+                 "pretrained": str(store.model_path("pretrain", pre.key)) if pre is not None else None}
+    tag = digest({"cell": cell, "rules": rules, "settings": settings.model_dump(), "bases": constants["bases"]})
     runs: dict[str, Trial] = {}
-    tracker.start_parent(f"tune {time.strftime('%Y-%m-%d %H:%M:%S')}",
+    tracker.start_parent(f"search {time.strftime('%Y-%m-%d %H:%M:%S')}",
                          {**cell, "rules": rules, "samples": settings.samples, "max_epochs": max_epochs,
                           "validation": settings.validation, "spread": settings.spread, "metric": metric},
-                         {"harness.dag": dag.path}, kind="tune")
+                         {"harness.dag": dag.path}, kind="search")
     status = "FAILED"
     try:
-        log(f"[tune] baseline: the DAG's setting for {', '.join(rules)}")
-        _fit(f"tune-baseline-{tag}", {"rule": tune.grid_search(rules)}, trainable, 1, None, cell["seed"], dag, out,
-             _recorder(runs, "baseline", bases, log))
+        log(f"[search] baseline: the DAG's setting for {', '.join(rules)}")
+        _search(f"search-baseline-{tag}", {"rule": tune.grid_search(rules)}, "baseline", runs, dag, out, constants,
+                log, total=len(rules), seed=cell["seed"])
         for rule in rules:
-            log(f"[tune] search {rule}: {settings.samples} settings, up to {max_epochs} epochs, ASHA")
-            space = {"rule": rule, **search_space(bases[rule]["finetune"], settings.spread, max_epochs)}
+            log(f"[search] {rule}: {settings.samples} settings, up to {max_epochs} epochs, ASHA")
+            space = {"rule": rule, **search_space(constants["bases"][rule]["finetune"], settings.spread, max_epochs)}
             asha = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
                                  reduction_factor=2)
-            _fit(f"tune-{rule}-{tag}", space, trainable, settings.samples, asha, cell["seed"], dag, out,
-                 _recorder(runs, "search", bases, log))
+            _search(f"search-{rule}-{tag}", space, "search", runs, dag, out, constants, log, total=settings.samples,
+                    seed=cell["seed"], scheduler=asha, num_samples=settings.samples)
         trials = list(runs.values())
         best = choose(trials, rules, dag_epochs)
-        folder = out / "tune"
+        folder = out / "search"
         path = write_override(Path(override_path) if override_path else folder / "best.yaml", dag, cell, metric,
                               settings.validation, best)
-        figure = plot(trials, best, metric, folder / "tune.png")
+        figure = plot(trials, best, metric, folder / "search.png")
         _log_trials(tracker, trials, metric)
         tracker.end_parent("FINISHED", {
             **{f"best_val/{r}": b["val"] for r, b in best.items()},
@@ -328,18 +313,18 @@ def tune_dag(dag: Dag, settings: Settings, out_dir: str | Path | None = None, tr
 def _log_trials(tracker: Tracker, trials: list[Trial], metric: str) -> None:
     for i, t in enumerate(trials):
         peak = t.peak
-        tags = {"harness.kind": "tune-trial", "axis.rule": t.rule, "tune.phase": t.phase,
-                "tune.stopped_early": str(t.stopped_early).lower()}
+        tags = {"harness.kind": "search-trial", "axis.rule": t.rule, "search.phase": t.phase,
+                "search.stopped_early": str(t.stopped_early).lower()}
         if t.error:
             tags["harness.error"] = t.error[:4000]
         metrics = {} if peak is None else {"best_val": peak[1], "best_epoch": peak[0]}
-        tracker.log_child(f"tune {t.phase} {t.rule} #{i}", tags, {"rule": t.rule, "metric": metric, **t.config},
+        tracker.log_child(f"search {t.phase} {t.rule} #{i}", tags, {"rule": t.rule, "metric": metric, **t.config},
                           metrics, {"val": t.curve, "train_loss": t.loss},
                           status="FAILED" if t.error else "FINISHED")
 
 
 def format_result(r: SearchResult) -> str:
-    lines = [f"tuned on {r.cell['dataset']}/{r.cell['backbone']}/{r.cell['task']}: validation {r.metric}",
+    lines = [f"searched on {r.cell['dataset']}/{r.cell['backbone']}/{r.cell['task']}: validation {r.metric}",
              f"{'rule':<6} {'baseline':>9} {'best':>8} {'from':<9} {'trials':>6} {'stopped':>7}  setting"]
     for rule, b in r.best.items():
         base = next(t for t in r.trials if t.rule == rule and t.phase == "baseline")

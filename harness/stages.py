@@ -11,97 +11,80 @@ from collections.abc import Callable
 
 from harness.store import ArtifactStore
 
-Report = Callable[[dict], None]
+Progress = Callable[[dict], None]  # sees {"epoch", "epochs", "loss"} or {"eps", "point", "points", METRIC}
 
 
-def run_node(node: dict, store: ArtifactStore, report: Report | None = None, where: dict | None = None) -> dict:
+def run_node(node: dict, store: ArtifactStore, progress: Progress | None = None, where: dict | None = None) -> dict:
     """Run `node` (a `harness.plan.Node` as a dict) unless its result is already in the store; return the record.
 
     `where` (e.g. the Ray node id) is kept in the record, so a run on a cluster says where each node ran."""
     stage, key = node["stage"], node["key"]
     if store.done(stage, key):  # a retried trial whose first attempt finished just before dying
         return store.result(stage, key)
-    report = report or (lambda metrics: None)
+    progress = progress or (lambda metrics: None)
     t0 = time.perf_counter()
     runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack}[stage]
-    result = runner(node, store, report)
+    result = runner(node, store, progress)
     record = {"node": node, "result": result, "seconds": time.perf_counter() - t0,
               "where": {"host": socket.gethostname(), **(where or {})}}
     store.write_result(stage, key, record)
     return record
 
 
-def _epoch_reporter(report: Report, epochs: int) -> Callable[[int, dict], None]:
+def _per_epoch(progress: Progress, epochs: int) -> Callable[[int, dict], None]:
     def on_epoch(epoch: int, row: dict) -> None:
-        report({"epoch": epoch + 1, "epochs": epochs, "loss": row["loss"]})
+        progress({"epoch": epoch + 1, "epochs": epochs, "loss": row["loss"]})
 
     return on_epoch
 
 
-def _trained(path, extra: dict | None = None) -> dict:
+def _trained(path) -> dict:
     from workloads.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    return {"metrics": ckpt["metrics"], "history": ckpt["history"], **(extra or {})}
+    return {"metrics": ckpt["metrics"], "history": ckpt["history"]}
 
 
-def _pretrain(node: dict, store: ArtifactStore, report: Report) -> dict:
+def _pretrain(node: dict, store: ArtifactStore, progress: Progress) -> dict:
     from workloads.train import pretrain
 
     cfg = node["config"]
-    out = pretrain(cfg, store.model_path("pretrain", node["key"]), progress=False,
-                   on_epoch=_epoch_reporter(report, cfg["pretrain"]["epochs"]))
-    return _trained(out)
+    return _trained(pretrain(cfg, store.model_path("pretrain", node["key"]), progress=False,
+                             on_epoch=_per_epoch(progress, cfg["pretrain"]["epochs"])))
 
 
-def _finetune(node: dict, store: ArtifactStore, report: Report) -> dict:
+def _finetune(node: dict, store: ArtifactStore, progress: Progress) -> dict:
     from workloads.train import finetune
 
     cfg = node["config"]
     pre = node["inputs"].get("pretrained")
-    out = finetune(store.model_path("pretrain", pre) if pre else None, cfg["rule"], cfg,
-                   store.model_path("finetune", node["key"]), progress=False,
-                   on_epoch=_epoch_reporter(report, cfg["finetune"]["epochs"]))
-    return _trained(out)
+    return _trained(finetune(store.model_path("pretrain", pre) if pre else None, cfg["rule"], cfg,
+                             store.model_path("finetune", node["key"]), progress=False,
+                             on_epoch=_per_epoch(progress, cfg["finetune"]["epochs"])))
 
 
-def _evaluate(node: dict, store: ArtifactStore, report: Report) -> dict:
-    """Clean metrics on the whole target test split, plus the rule's diagnostics: B-W angle per layer and the
-    cosine between the rule's and the exact input gradient."""
-    from workloads.attacks import gradient_cosine
-    from workloads.checkpoint import load_checkpoint
-    from workloads.train import evaluate_loaded, load_model, make_reader, resolve_device, split_names
+def _evaluate(node: dict, store: ArtifactStore, progress: Progress) -> dict:
+    from workloads.evaluate import evaluate_checkpoint
 
-    path = store.model_path("finetune", node["inputs"]["model"])
-    device = resolve_device(load_checkpoint(path)["config"]["device"])
-    loaded = load_model(path, device)
-    cfg = loaded.config
-    metrics = evaluate_loaded(loaded, device)
-    report({"evaluated": 1})
-    _, test_split, _ = split_names(cfg["data"]["root"])
-    n = int(node["config"]["diagnostic_images"])
-    batches = list(make_reader(cfg, test_split, cfg["data"].get("target_classes"), n, False, min(n, 250),
-                               int(cfg["seed"])))
-    layers = loaded.handle.diagnostics()
-    cosine = gradient_cosine(loaded, batches)
-    angles = [r["angle_deg"] for r in layers]
-    return {"metrics": metrics, "diagnostics": {**cosine, "angle_mean_deg": sum(angles) / len(angles),
-                                                 "layers": layers}}
+    result = evaluate_checkpoint(store.model_path("finetune", node["inputs"]["model"]), node["config"])
+    progress({"evaluated": 1})
+    return result
 
 
-def _attack(node: dict, store: ArtifactStore, report: Report) -> dict:
+def _attack(node: dict, store: ArtifactStore, progress: Progress) -> dict:
     from workloads.attacks import attack_checkpoint
+    from workloads.tasks import get_task
     from workloads.train import resolve_device
 
     cfg, inputs = node["config"], node["inputs"]
     sibling = store.model_path("finetune", inputs["sibling"]) if "sibling" in inputs else None
-    total = len(cfg["eps"])
+    metric = get_task(node["axes"]["task"]).attack_metric
     done = []
 
     def on_row(row: dict) -> None:
         done.append(row)
-        metric = "map" if "map" in row else "robust_acc"
-        report({"eps": row["eps"], "point": len(done), "points": total, metric: row[metric]})
+        progress({"eps": row["eps"], "point": len(done), "points": len(cfg["eps"]), "metric": metric,
+                  metric: row[metric]})
 
     source = None if cfg["source"] in (None, "none") else cfg["source"]
     device = str(resolve_device(cfg["device"]))

@@ -13,9 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-
-class StoreError(OSError):
-    pass
+from workloads.errors import ConfigError, StorageError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -36,8 +34,8 @@ class ArtifactStore:
     def __init__(self, root: str | Path) -> None:
         text = str(root)
         if "://" in text and not text.startswith("file://"):
-            raise StoreError(f"artifact store {text}: only filesystem paths are supported (a shared mount such as NFS "
-                             "on a cluster); copy results to object storage after the run")
+            raise ConfigError(f"artifact store {text}: only filesystem paths are supported (a shared mount such as NFS "
+                              "on a cluster); copy results to object storage after the run")
         self.root = Path(text.removeprefix("file://")).expanduser().resolve()
 
     def check_writable(self) -> None:
@@ -48,7 +46,7 @@ class ArtifactStore:
             probe.write_bytes(b"\0" * 4096)
             probe.unlink()
         except OSError as exc:
-            raise StoreError(f"artifact store {self.root} is not writable ({exc.strerror or exc}); pass --out with "
+            raise StorageError(f"artifact store {self.root} is not writable ({exc.strerror or exc}); pass --out with "
                              "a folder you can write to") from None
 
     def node_dir(self, stage: str, key: str) -> Path:
@@ -65,7 +63,7 @@ class ArtifactStore:
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path} cannot be read ({exc}); delete its folder to recompute the node") from None
+            raise StorageError(f"{path} cannot be read ({exc}); delete its folder to recompute the node") from None
 
     def write_result(self, stage: str, key: str, record: dict) -> None:
         d = self.node_dir(stage, key)

@@ -12,13 +12,8 @@ import math
 import time
 from pathlib import Path
 
-from harness.errors import HarnessError
-
-AXES = ("dataset", "backbone", "seed", "task", "rule", "attack", "source")
-
-
-class TrackingError(HarnessError):
-    pass
+from workloads.errors import ServiceError
+from workloads.names import Stage
 
 
 def default_uri(out_dir: str | Path) -> str:
@@ -43,7 +38,7 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as exc:  # MlflowException, connection errors, sqlite errors
-            raise TrackingError(f"MLflow tracking store {uri} is not usable: {_short(exc)}. Check --tracking-uri "
+            raise ServiceError(f"MLflow tracking store {uri} is not usable: {_short(exc)}. Check --tracking-uri "
                                 "(a server must be running and reachable, e.g. http://127.0.0.1:5000)") from None
         self.parent_id: str | None = None
 
@@ -85,30 +80,21 @@ class Tracker:
 
     def log_node(self, node: dict, record: dict | None, error: str | None = None, cached: bool = False) -> str:
         """A child run for one stage node: its axes, config, metrics and full result; FAILED with the error if any."""
-        axes = node["axes"]
         tags = {"harness.kind": "node", "harness.stage": node["stage"], "harness.node_key": node["key"],
-                "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in axes.items()}}
-        if self.parent_id:
-            tags["mlflow.parentRunId"] = self.parent_id
+                "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in node["axes"].items()}}
         if error:
             tags["harness.error"] = error[:4000]
-        run = self.client.create_run(self.experiment_id, run_name=node["label"], tags=tags)
-        rid = run.info.run_id
-        params = {**axes, **_flat(node["config"])}
-        metrics = node_metrics(node["stage"], record["result"]) if record else {}
-        if record:
-            metrics["seconds"] = record.get("seconds", 0.0)
-        self._log(rid, params=params, metrics=metrics)
-        if record:
-            self.client.log_dict(rid, record, "result.json")
-        elif error:
-            self.client.log_text(rid, error, "error.txt")
-        self.client.set_terminated(rid, status="FAILED" if error else "FINISHED")
-        return rid
+        metrics = {**node_metrics(node["stage"], record["result"]), "seconds": record.get("seconds", 0.0)} \
+            if record else {}
+        return self.log_child(node["label"], tags, {**node["axes"], **_flat(node["config"])}, metrics,
+                              status="FAILED" if error else "FINISHED",
+                              attach={"result.json": record} if record else {"error.txt": error or ""})
 
     def log_child(self, name: str, tags: dict, params: dict, metrics: dict,
-                  series: dict[str, list[tuple[int, float]]] | None = None, status: str = "FINISHED") -> str:
-        """A finished child run of the parent: `series` are per-step metrics (e.g. val per epoch)."""
+                  series: dict[str, list[tuple[int, float]]] | None = None, status: str = "FINISHED",
+                  attach: dict[str, object] | None = None) -> str:
+        """A finished child run of the parent: `series` are per-step metrics (e.g. val per epoch), `attach` files
+        (a dict is written as JSON, a string as text)."""
         from mlflow.entities import Metric
 
         if self.parent_id:
@@ -120,6 +106,8 @@ class Tracker:
                   if _finite(v)]
         for i in range(0, len(points), 1000):
             self.client.log_batch(rid, metrics=points[i : i + 1000])
+        for file, content in (attach or {}).items():
+            (self.client.log_text if isinstance(content, str) else self.client.log_dict)(rid, content, file)
         self.client.set_terminated(rid, status=status)
         return rid
 
@@ -135,7 +123,7 @@ class Tracker:
 
 def _probe_server(uri: str, timeout: float = 10.0) -> None:
     """One quick request to the server's health endpoint: MLflow's client retries a refused connection with
-    backoff for about four minutes before it gives up, which is the wrong answer to a typo in --tracking-uri.
+    backoff for minutes before it gives up (results/bench/NOTES.md), the wrong answer to a typo in --tracking-uri.
     Later requests keep MLflow's retries (a server that blips during a long run)."""
     import urllib.error
     import urllib.request
@@ -147,20 +135,20 @@ def _probe_server(uri: str, timeout: float = 10.0) -> None:
         return  # something answers (a proxy without /health, auth): let MLflow's own client judge it
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow server {uri} is not reachable ({reason}); start one (`mlflow server --host "
+        raise ServiceError(f"MLflow server {uri} is not reachable ({reason}); start one (`mlflow server --host "
                             "127.0.0.1 --port 5000`) or check --tracking-uri") from None
 
 
 def node_metrics(stage: str, result: dict) -> dict[str, float]:
     """The numbers of a node's result, flat, as the report reads them back."""
     out: dict[str, float] = {}
-    if stage in ("pretrain", "finetune", "evaluate"):
+    if stage in (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE):
         out.update({k: v for k, v in result.get("metrics", {}).items() if _finite(v)})
         for i, row in enumerate(result.get("history", [])):
             out[f"train_loss/epoch_{i + 1}"] = row["loss"]
         diag = result.get("diagnostics", {})
         out.update({k: v for k, v in diag.items() if k != "layers" and _finite(v)})
-    if stage == "attack":
+    if stage == Stage.ATTACK:
         for row in result["rows"]:
             for k, v in row.items():
                 if k not in ("attack", "source", "eps", "n") and _finite(v):

@@ -5,8 +5,8 @@ cached library may be shared by cluster nodes with different CPUs): the kernels 
 instead. Without a compiler, `rules.streams` computes the same numbers with numpy and B is rebuilt with torch.
 
 The kernels run on the calling thread. Splitting them over a second Python thread was faster in isolation, but
-inside a training step it was slower (resign 3.0-3.3 ms vs 2.2-2.4 ms per ResNet-18 step, the brsf draw 5.9-6.6
-vs 4.8-5.1 ms): the kernels run between torch ops, whose OpenMP workers are still spinning on the other cores.
+slower inside a training step (results/bench/NOTES.md): the kernels run between torch ops, whose OpenMP workers are
+still spinning on the other cores.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ def available_rules() -> list[str]:
     return sorted(_RULES)
 
 
+def ordered_rules() -> list[str]:
+    """The rules in registration order (the import order in `rules/__init__`): the order tables list them in."""
+    return list(_RULES)
+
+
 def get_rule(name: str) -> type[Rule]:
     try:
         return _RULES[name]

@@ -1,8 +1,8 @@
 """brSF's per-pass random magnitudes: a counter-based stream with the same numbers on every device.
 
 brSF draws one magnitude per weight at every backward pass, so the generator sits on the critical path of every
-training step and every attack step. ResNet-18 has 11.2M weights and a 32x32 step takes ~120 ms on 2 cores, where
-torch's CPU generator needs 31 ms and numpy's fastest float32 draw 22 ms. So:
+training step and every attack step, and a float32 draw of every weight with torch's or numpy's generator costs a
+large part of a whole step (results/bench/NOTES.md). So:
 
 - each magnitude is 16 random bits with the lowest forced to 1: |M| / a = (2j + 1) / 65536, j uniform on
   0..32767, the midpoints of 32,768 equal bins of (0, 1) (mean exactly 1/2, variance that of U(0, 1) within 1e-10,

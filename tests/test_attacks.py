@@ -191,7 +191,7 @@ def test_attack_checkpoint_end_to_end(models):
     assert again["rows"] == out["rows"] and again["diagnostics"] == {}  # seeded; the cosine is optional
     with pytest.raises(ValueError, match="needs the BP-fine-tuned sibling"):
         attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.1], {"n": 4})
-    with pytest.raises(ValueError, match="unknown attack-stage key"):
+    with pytest.raises(ValueError, match="attack-stage config: images: unknown key; allowed: n, batch_size"):
         attack_checkpoint(paths["frsf"], "pgd", "rule", [0.1], {"images": 4})
 
 
@@ -208,7 +208,8 @@ def test_config_errors_come_before_compute():
         validate("hag", "classification", "rule", [0.1])
     with pytest.raises(ValueError, match="'boundary' queries outputs only"):
         validate("boundary", "classification", "exact", [0.1])
-    with pytest.raises(ValueError, match="unknown parameter.*stepz.*allowed: alpha_factor, random_start, steps"):
+    with pytest.raises(ValueError, match="params: stepz: unknown key; allowed: steps, alpha_factor, random_start "
+                                         r"\(did you mean 'steps'\?\)"):
         validate("pgd", "classification", "rule", [0.1], {"stepz": 3})
     with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: apgd, autoattack, boundary"):
         validate("cw2", "classification", "rule", [0.1])

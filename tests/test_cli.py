@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from datagen import write_fmnist
@@ -16,9 +17,56 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_help_lists_commands():
+def test_help_lists_commands_and_exit_codes():
+    from workloads.errors import EXIT_CODES
+
     out = run_cli("--help")
-    assert out.returncode == 0 and "data" in out.stdout and "bench" in out.stdout
+    assert out.returncode == 0 and "data" in out.stdout and "bench" in out.stdout and "schema" in out.stdout
+    assert "exit codes:" in out.stdout
+    for code, meaning in EXIT_CODES:
+        assert f"{code:>3}  {meaning}" in out.stdout
+
+
+def test_every_user_error_kind_has_its_documented_exit_code():
+    from workloads import errors
+
+    codes = dict(errors.EXIT_CODES)
+    kinds = [errors.ConfigError, errors.DataError, errors.CheckpointError, errors.DivergenceError,
+             errors.ServiceError, errors.StorageError, errors.TrialError]
+    assert all(issubclass(k, errors.HarnessError) and k.exit_code in codes for k in kinds)
+    assert {k.exit_code for k in kinds} == {1, 2, 3, 4, 5}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"| {code} |" in readme for code in codes), "the README's exit-code table is incomplete"
+
+
+def test_an_unexpected_exception_inside_a_stage_is_a_bug_not_bad_input(monkeypatch, capsys):
+    """A ValueError deep inside a stage (torch, polars, our own code) used to print one line and exit 2, as if the
+    user's input were wrong: it is a bug, and keeps its traceback."""
+    import workloads.evaluate
+
+    def broken(*args, **kwargs):
+        raise ValueError("some library's internal complaint")
+
+    monkeypatch.setattr(workloads.evaluate, "evaluate_checkpoint", broken)
+    assert main(["stage", "evaluate", "ckpt.pt"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err and "internal error" in err
+
+
+def test_debug_shows_the_traceback_of_bad_input_too(tmp_path, capsys):
+    args = ["plan", str(tmp_path / "none.yaml")]
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["--debug", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("does not exist")
+
+
+def test_the_schema_command_writes_and_checks(tmp_path, capsys):
+    out = tmp_path / "schema.json"
+    assert main(["schema", "--out", str(out), "--check"]) == 2
+    assert "is not current" in capsys.readouterr().err
+    assert main(["schema", "--out", str(out)]) == 0 and main(["schema", "--out", str(out), "--check"]) == 0
 
 
 def test_unknown_rule_is_a_one_line_error(capsys):
@@ -78,8 +126,10 @@ def test_stage_commands_with_overrides(tmp_path, capsys):
                  "--set", "task.name=hashing", "--set", "task.bits=16", "--out", str(tmp_path / "ft.pt")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["metrics"]["map"] <= 1 and out["metrics"]["bits"] == 16
-    assert main(["stage", "evaluate", str(tmp_path / "ft.pt"), "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(out["metrics"]["map"])
+    assert main(["stage", "evaluate", str(tmp_path / "ft.pt"), "--device", "cpu", "--diagnostic-images", "4"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)  # the evaluate stage's result, as a DAG node stores it
+    assert evaluated["metrics"]["map"] == pytest.approx(out["metrics"]["map"])
+    assert evaluated["diagnostics"]["n"] == 4 and len(evaluated["diagnostics"]["layers"]) > 10
     assert main(["stage", "pretrain", "--set", "novalue", "--out", str(tmp_path / "x.pt")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     # the attack stage on the hashing checkpoint: HAG fits, PGD is refused before any compute

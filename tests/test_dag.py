@@ -8,9 +8,10 @@ import pytest
 import yaml
 from datagen import write_fmnist
 
-from harness.dag import DagError, load_dag
+from harness.dag import load_dag
 from harness.plan import build_plan
 from workloads.datasets import prepare
+from workloads.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +36,8 @@ def _smoke(shards: str, *overrides: str):
 
 @pytest.mark.parametrize("dag", ["default.yaml", "smoke.yaml", "paper-classification.yaml", "paper-retrieval.yaml"])
 def test_shipped_dags_validate(dag):
-    spec = load_dag(ROOT / "dags" / dag).spec
-    assert spec["experiment"] == dag.removesuffix(".yaml") and spec["attacks"]
+    config = load_dag(ROOT / "dags" / dag).config
+    assert config.experiment == dag.removesuffix(".yaml") and config.attacks
 
 
 def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
@@ -50,35 +51,37 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     assert count == {"pretrain": 0, "finetune": 24, "evaluate": 24, "attack": 24 * 8}
     epochs = {n.axes["dataset"]: n.config["finetune"]["epochs"] for n in nodes if n.stage == "finetune"}
     assert epochs == {"cifar10": 20, "imagenet": 10}  # the per-dataset override of the paper's protocol
-    sizes, sides = dataset_sizes(dag.spec, dag.path)
+    sizes, sides = dataset_sizes(dag.config, dag.path)
     cost = estimate(nodes, sizes, sides, 1e14)
     # ImageNet fine-tuning dominates; AlexNet/VGG/ResNet at 224 px cost what their FLOPs say
     assert cost["finetune"]["pflop"] > cost["attack"]["pflop"] > cost["evaluate"]["pflop"] > 0
     assert cost["finetune"]["hours"] == pytest.approx(cost["finetune"]["pflop"] * 1e15 / 1e14 / 3600)
-    with pytest.raises(DagError, match="holds no prepared data"):
+    with pytest.raises(DataError, match="holds no prepared data"):
         build_plan(dag)
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"rules": ["bp", "frsff"]}, "rules: unknown name 'frsff'; allowed: bp, brsf, fa, frsf, usf"),
-    ({"backbones": ["resnet50"]}, "backbones: unknown name 'resnet50'; allowed: alexnet, resnet18, vgg16"),
+    ({"rules": ["bp", "frsff"]}, "rules[1]: unknown name 'frsff'; allowed: bp, brsf, fa, frsf, usf (did you mean "
+                                 "'frsf'?)"),
+    ({"backbones": ["resnet50"]}, "backbones[0]: unknown name 'resnet50'; allowed: alexnet, resnet18, vgg16"),
     ({"finetune": {"epochs": "two"}}, "finetune.epochs: expected an integer, got 'two'"),
     ({"finetune": {"epochs": 10**12}}, "finetune.epochs: 1000000000000 is out of range"),
-    ({"finetune": {"epoch": 2}}, "finetune.epoch: unknown key; allowed: epochs, batch_size"),
-    ({"tasks": {"segmentation": {}}}, "tasks.segmentation: unknown task; allowed: classification, hashing"),
+    ({"finetune": {"epoch": 2}}, "finetune.epoch: unknown key; allowed: epochs, batch_size, lr_backbone, lr_head, "
+                                 "weight_decay (did you mean 'epochs'?)"),
+    ({"tasks": {"segmentation": {}}}, "tasks.segmentation: unknown key; allowed: classification, hashing"),
     ({"attacks": [{"name": "pgdd", "eps": [0.1]}]}, "attacks[0].name: unknown attack 'pgdd'; known attacks: apgd"),
     ({"attacks": [{"name": "pgd", "eps": [0.1, 3]}]}, "attacks[0].eps: eps 3.0 is outside [0, 1]"),
-    ({"attacks": [{"name": "pgd"}]}, "attacks[0].eps: required: a list of L-inf budgets"),
+    ({"attacks": [{"name": "pgd"}]}, "attacks[0].eps: required: L-inf budgets in [0, 1]"),
     ({"attacks": [{"name": "boundary", "eps": [0.1], "sources": ["exact"]}]},
      "attacks[0].sources: 'boundary' queries outputs only"),
     ({"attacks": [{"name": "hag", "eps": [0.1]}]},
      "attacks[0].name: attack 'hag' applies to hashing models, and this DAG trains only classification"),
     ({"attacks": [{"name": "pgd", "eps": [0.1], "params": {"step": 3}}]},
-     "unknown parameter(s) step for attack 'pgd'; allowed: alpha_factor, random_start, steps"),
+     "attacks[0].params.step: unknown key; allowed: steps, alpha_factor, random_start (did you mean 'steps'?)"),
     ({"rules": ["frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "sources": ["transfer"]}]},
      "'transfer' crafts on the BP-fine-tuned sibling: add bp to rules"),
     ({"experiment": "a/b"}, "experiment: required: a name of letters"),
-    ({"colour": "red"}, "colour: unknown key; allowed: experiment"),
+    ({"colour": "red"}, "colour: unknown key; allowed: "),
     ({"datasets": {"fm": {"root": "x", "source_classes": [0, 1], "target_classes": [1, 2]}}},
      "datasets.fm: source_classes and target_classes overlap"),
     ({"resources": {"attack": {"gpu": -1}}}, "resources.attack.gpu: -1 is out of range"),
@@ -86,30 +89,30 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
 def test_validation_errors_name_file_key_and_allowed_values(tmp_path, change, message):
     spec = {"experiment": "t", "datasets": {"fm": {"root": "data/fm"}}, "tasks": {"classification": {}}, **change}
     path = _write(tmp_path, spec)
-    with pytest.raises(DagError) as info:
+    with pytest.raises(ConfigError) as info:
         load_dag(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
 
 
 def test_unreadable_and_malformed_files(tmp_path):
-    with pytest.raises(DagError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_dag(tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: [unclosed\n")
-    with pytest.raises(DagError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match="is not valid YAML"):
         load_dag(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(DagError, match="the top level must be a mapping"):
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
         load_dag(bad)
-    with pytest.raises(DagError, match="--set 'finetune': expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="--set 'finetune': expected KEY=VALUE"):
         load_dag(ROOT / "dags" / "smoke.yaml", ["finetune"])
-    with pytest.raises(DagError, match="attacks is a list of 4; index it with 0..3"):
+    with pytest.raises(ConfigError, match="attacks is a list of 4; index it with 0..3"):
         load_dag(ROOT / "dags" / "smoke.yaml", ["attacks.9.eps=[0]"])
 
 
 def test_missing_data_is_an_error_before_compute(tmp_path):
     dag = load_dag(ROOT / "dags" / "smoke.yaml", [f"datasets.fashion-mnist.root={tmp_path / 'nothing'}"])
-    with pytest.raises(DagError, match="holds no prepared data .* run `harness data prepare fashion-mnist"):
+    with pytest.raises(DataError, match="holds no prepared data .* run `harness data prepare fashion-mnist"):
         build_plan(dag)
 
 
@@ -144,3 +147,80 @@ def test_two_datasets_with_the_same_content_keep_their_own_nodes(shards, tmp_pat
             "datasets": {"a": {"root": shards}, "b": {"root": shards}}}
     nodes = build_plan(load_dag(_write(tmp_path, spec)))
     assert len({n.key for n in nodes}) == len(nodes) == 6
+
+
+MISSPELT = [  # (--set that misspells a key, the key as the error must name it, the name it must suggest)
+    ("finetune.lr_backbon=1.0e-4", "finetune.lr_backbon", "lr_backbone"),
+    ("pretrain.epoch=3", "pretrain.epoch", "epochs"),
+    ("finetune.weight_decy=0", "finetune.weight_decy", "weight_decay"),
+    ("datasets.fm.target_clases=[1]", "datasets.fm.target_clases", "target_classes"),
+    ("datasets.fm.train_limt=10", "datasets.fm.train_limt", "train_limit"),
+    ("tasks.hashing.bit=16", "tasks.hashing.bit", "bits"),
+    ("attacks.0.param={steps: 2}", "attacks[0].param", "params"),
+    ("attacks.0.params.step=2", "attacks[0].params.step", "steps"),
+    ("attacks.1.params.restart=2", "attacks[1].params.restart", "restarts"),
+    ("attacks.2.params.colour=2", "attacks[2].params.colour", None),
+    ("attacks.0.batchsize=8", "attacks[0].batchsize", "batch_size"),
+    ("resources.finetune.gpus=1", "resources.finetune.gpus", "gpu"),
+    ("resources.atack={cpu: 1}", "resources.atack", "attack"),
+    ("evaluate.diagnostic_image=10", "evaluate.diagnostic_image", "diagnostic_images"),
+    ("seed=[1]", "seed", "seeds"),
+    ("rule=[bp]", "rule", "rules"),
+    ("finetune_by_cel={}", "finetune_by_cel", "finetune_by_cell"),
+    ("max_concurent=2", "max_concurent", "max_concurrent"),
+]
+
+
+@pytest.mark.parametrize("change,key,suggestion", MISSPELT, ids=[m[1] for m in MISSPELT])
+def test_a_misspelt_key_is_named_and_the_right_one_suggested(tmp_path, change, key, suggestion):
+    spec = {"experiment": "t", "datasets": {"fm": {"root": "data/fm"}},
+            "tasks": {"classification": {}, "hashing": {}},
+            "attacks": [{"name": "pgd", "eps": [0.1]}, {"name": "apgd", "eps": [0.1]},
+                        {"name": "hsja", "eps": [0.1]}]}
+    path = _write(tmp_path, spec)
+    with pytest.raises(ConfigError) as info:
+        load_dag(path, [change])
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: unknown key; allowed: "), message
+    if suggestion is None:  # nothing close: no guess
+        assert "did you mean" not in message, message
+    else:
+        assert message.endswith(f"(did you mean {suggestion!r}?)"), message
+    assert message.count("\n") == 0
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"task": {"name": "hashing", "bitz": 3}}, "task.bitz: unknown key; allowed: bits, loss, topk, name (did you mean "
+                                               "'bits'?)"),
+    ({"task": {"name": "hashin"}}, "task.name: unknown task 'hashin'; known tasks: classification, hashing (did you "
+                                   "mean 'hashing'?)"),
+    ({"finetune": {"lr_hed": 1.0}}, "finetune.lr_hed: unknown key; allowed: epochs, batch_size, lr_backbone, lr_head, "
+                                    "weight_decay (did you mean 'lr_head'?)"),
+    ({"backbone": "resnet19"}, "backbone: unknown name 'resnet19'; allowed: alexnet, resnet18, vgg16 (did you mean "
+                               "'resnet18'?)"),
+    ({"data": {"root": "x", "pad": -1}}, "data.pad: -1 is out of range: at least 0"),
+    ({"device": "gpu"}, "device: 'gpu'; allowed: auto, cpu, cuda, cuda:N"),
+])
+def test_stage_configs_are_checked_by_the_same_sections(change, message):
+    from workloads.train import stage_config
+
+    with pytest.raises(ConfigError) as info:
+        stage_config({"data": {"root": "x"}, **change}, "cfg.yaml")
+    assert str(info.value) == f"cfg.yaml: {message}"
+
+
+def test_the_committed_json_schema_is_current_and_describes_every_section():
+    import json
+
+    from harness.dag import json_schema
+
+    committed = (ROOT / "dags" / "schema.json").read_text()
+    assert committed == json_schema(), "dags/schema.json is stale: run `harness schema` and commit it"
+    schema = json.loads(committed)
+    text = json.dumps(schema)
+    for name in ("fgsm", "pgd", "apgd", "autoattack", "square", "boundary", "hsja", "hag", "sdha", "usf", "brsf",
+                 "vgg16", "alpha_factor", "max_gradient_eval_steps", "lr_backbone", "diagnostic_images"):
+        assert f'"{name}"' in text, name
+    assert "Adam learning rate of the new head" in text  # field docstrings become descriptions for editors
+    for dag in sorted((ROOT / "dags").glob("*.yaml")):
+        assert dag.read_text().startswith("# yaml-language-server: $schema=schema.json\n"), dag.name

@@ -18,7 +18,7 @@ from datagen import write_fmnist
 
 from harness.cli import main
 from workloads.datasets import ShardReader, prepare
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = sorted((ROOT / "dags").glob("*.yaml"))

@@ -14,10 +14,11 @@ from smokerun import harness
 
 from harness.plan import Node
 from harness.stages import run_node
-from harness.store import ArtifactStore, StoreError
-from harness.tracking import Tracker, TrackingError
+from harness.store import ArtifactStore
+from harness.tracking import Tracker
 from workloads.checkpoint import CheckpointWriteError, save_checkpoint
 from workloads.datasets import prepare
+from workloads.errors import ServiceError, StorageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def _closed_port() -> int:
 
 def test_an_unreachable_mlflow_server_is_a_clear_error_within_seconds():
     t0 = time.monotonic()
-    with pytest.raises(TrackingError, match=r"MLflow server http://127.0.0.1:\d+ is not reachable .*refused"):
+    with pytest.raises(ServiceError, match=r"MLflow server http://127.0.0.1:\d+ is not reachable .*refused"):
         Tracker(f"http://127.0.0.1:{_closed_port()}", "x")
     assert time.monotonic() - t0 < 15  # MLflow's own client retries for about four minutes
 
@@ -77,7 +78,7 @@ def test_a_stage_that_cannot_write_its_artifact_is_not_taken_as_finished(tmp_pat
 
 def test_an_artifact_store_that_cannot_be_a_folder_fails_before_compute(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(StoreError, match=r"artifact store .*file/out/store is not writable .*--out"):
+    with pytest.raises(StorageError, match=r"artifact store .*file/out/store is not writable .*--out"):
         ArtifactStore(tmp_path / "file" / "out" / "store").check_writable()
 
 
@@ -87,26 +88,26 @@ def test_run_refuses_bad_places_and_absent_servers_in_seconds(tmp_path):
     prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
     smoke = [str(ROOT / "dags" / "smoke.yaml"), "--set", f"datasets.fashion-mnist.root={tmp_path / 'fm'}"]
     (tmp_path / "file").write_text("")
-    cases = {
-        "store": (["--out", str(tmp_path / "file" / "out")], "is not writable"),
-        "ray": (["--out", str(tmp_path / "o1"), "--address", f"127.0.0.1:{_closed_port()}"],
+    cases = {  # name: (flags, the error's exit code: 5 storage, 4 a service; `harness --help` lists them)
+        "store": (["--out", str(tmp_path / "file" / "out")], 5, "is not writable"),
+        "ray": (["--out", str(tmp_path / "o1"), "--address", f"127.0.0.1:{_closed_port()}"], 4,
                 "cannot reach the Ray cluster at 127.0.0.1:"),
-        "mlflow": (["--out", str(tmp_path / "o2"), "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+        "mlflow": (["--out", str(tmp_path / "o2"), "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"], 4,
                    "is not reachable"),
     }
-    for name, (extra, message) in cases.items():
+    for name, (extra, code, message) in cases.items():
         t0 = time.monotonic()
         out = harness("run", *smoke, *extra, cwd=tmp_path)
-        assert out.returncode == 2 and message in out.stderr, (name, out.stderr[-2000:])
+        assert out.returncode == code and message in out.stderr, (name, out.stderr[-2000:])
         assert "Traceback" not in out.stderr and "[pretrain]" not in out.stderr, name  # nothing computed
         assert time.monotonic() - t0 < 60, name
     assert not list((tmp_path / "o2").glob("store/*/*/result.json"))
-    tune = harness("tune", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
-    assert tune.returncode == 2 and "is not writable" in tune.stderr, tune.stderr[-2000:]
+    search = harness("search", *smoke, "--out", str(tmp_path / "file" / "t"), cwd=tmp_path)
+    assert search.returncode == 5 and "is not writable" in search.stderr, search.stderr[-2000:]
 
 
 def test_the_local_ray_token_is_created_readable_by_its_owner_only(tmp_path, monkeypatch):
-    from harness.orchestrator import _private_token
+    from harness.raytune import _private_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
@@ -118,3 +119,27 @@ def test_the_local_ray_token_is_created_readable_by_its_owner_only(tmp_path, mon
     first = token.read_text()
     _private_token(print)
     assert token.read_text() == first  # an existing token is kept: a running instance still accepts it
+
+
+def test_a_failed_node_keeps_the_traceback_of_a_bug_and_one_line_for_bad_input(tmp_path, monkeypatch):
+    import ray.tune
+
+    from harness.orchestrator import _failed
+    from workloads.errors import DataError
+
+    reported = []
+    monkeypatch.setattr(ray.tune, "report", reported.append)
+    store = ArtifactStore(tmp_path / "store")
+
+    def failed_with(exc: Exception, key: str) -> str:
+        try:
+            raise exc
+        except Exception as raised:  # noqa: BLE001
+            _failed(store, {"stage": "attack", "key": key}, raised)
+        return store.failure("attack", key)
+
+    bug = failed_with(ZeroDivisionError("division by zero"), "k1")
+    assert bug.startswith("builtins.ZeroDivisionError: division by zero\nTraceback") and "failed_with" in bug
+    bad = failed_with(DataError("shard x.tar is truncated"), "k2")
+    assert bad == "workloads.errors.DataError: shard x.tar is truncated"
+    assert [r["failed"] for r in reported] == [1, 1]

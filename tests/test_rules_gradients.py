@@ -1,4 +1,4 @@
-"""Every rule's gradients, layer by layer, against independent references (PROTOCOL.md section 2)."""
+"""Every rule's gradients, layer by layer, against independent references (docs/protocol.md, "Learning rules")."""
 
 from __future__ import annotations
 

@@ -14,12 +14,10 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    pass
+from workloads.errors import CheckpointError, StorageError
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(StorageError):
     """The disk refused the checkpoint (full, read-only, over a size limit); no file was left behind."""
 
 

@@ -1,57 +1,74 @@
-"""The stages as plain functions (no Ray, no MLflow): pretrain, finetune, evaluate.
+"""The training stages as plain functions (no Ray, no MLflow): pretrain, finetune, and the clean metrics.
 
     pre = pretrain(cfg, "runs/pre.pt")                    # BP on the source classes
     ft = finetune(pre, "frsf", cfg, "runs/ft-frsf.pt")    # new head, all layers trained under the rule
-    metrics = evaluate(ft)                                # top-1 or mAP@k on the target test split
 
-Config (a dict; defaults in DEFAULTS): backbone, weights, data{root, source_classes, target_classes, pad,
-image_size, train_limit, test_limit, db_limit}, task{name, bits, loss, topk}, epochs, batch_size, lr (pretrain),
-lr_backbone, lr_head, weight_decay, seed, device. Fine-tuning follows PROTOCOL.md section 3: Adam (0.9, 0.999),
-weight decay 5e-4, learning rate 1e-5 for the backbone and 1e-4 for the new head, no layer frozen.
+`cfg` is a `StageConfig` or a dict of one (its sections and defaults are below; `harness stage` reads it from
+YAML). Fine-tuning follows docs/protocol.md ("Training"): Adam (0.9, 0.999), weight decay 5e-4, learning rate
+1e-5 for the backbone and 1e-4 for the new head, no layer frozen.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from pydantic import Field
 from tqdm import tqdm
 
 import rules
 from workloads import backbones
 from workloads.checkpoint import load_checkpoint, save_checkpoint
 from workloads.datasets import ShardReader, load_manifest
-from workloads.tasks import Task, get_task
-
-DEFAULTS: dict[str, Any] = {
-    "backbone": "resnet18",
-    "weights": None,
-    "data": {"root": "data/fashion-mnist", "source_classes": None, "target_classes": None, "pad": 0,
-             "image_size": None, "train_limit": None, "test_limit": None, "db_limit": None},
-    "task": {"name": "classification", "bits": 32, "loss": "csq", "topk": None},
-    "pretrain": {"epochs": 2, "batch_size": 128, "lr": 1e-3, "weight_decay": 5e-4},
-    "finetune": {"epochs": 2, "batch_size": 64, "lr_backbone": 1e-5, "lr_head": 1e-4, "weight_decay": 5e-4},
-    "seed": 0,
-    "device": "auto",
-}
+from workloads.datasets.options import DataOptions
+from workloads.errors import ConfigError, DivergenceError, unknown_name
+from workloads.settings import Count, Device, Rate, Section, Seed, one_of, validate
+from workloads.tasks import TASKS, Task, get_task, task_config_type
 
 
-class DivergenceError(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved."""
+class PretrainSettings(Section):
+    epochs: Count = 2
+    batch_size: Count = 128
+    lr: Rate = 1e-3
+    """Adam learning rate."""
+    weight_decay: Rate = 5e-4
 
 
-def merge(base: dict, override: dict | None) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+class FinetuneSettings(Section):
+    epochs: Count = 2
+    batch_size: Count = 64
+    lr_backbone: Rate = 1e-5
+    """Adam learning rate of every layer but the head (the paper: 1e-5)."""
+    lr_head: Rate = 1e-4
+    """Adam learning rate of the new head (the paper: 1e-4)."""
+    weight_decay: Rate = 5e-4
+
+
+class StageConfig(Section):
+    """What a training stage needs: the model, the data, the task, its settings, the seed and the device."""
+
+    backbone: one_of(backbones.available_backbones()) = "resnet18"
+    weights: str | None = None
+    """Initial weights: null (random, then the pretrain stage), imagenet (torchvision's, from the local hub
+    cache), or a state-dict file."""
+    data: DataOptions
+    """Required: the prepared dataset and how to read it."""
+    task: task_config_type() = Field({"name": "classification"}, validate_default=True)
+    pretrain: PretrainSettings = PretrainSettings()
+    finetune: FinetuneSettings = FinetuneSettings()
+    rule: one_of(rules.available_rules()) = "bp"
+    """The learning rule fine-tuning trains under (`finetune(..., rule, ...)` sets it)."""
+    seed: Seed = 0
+    device: Device = "auto"
+
+
+def stage_config(config: dict | StageConfig, where: str = "stage config") -> StageConfig:
+    return config if isinstance(config, StageConfig) else validate(StageConfig, config, where)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,20 +82,20 @@ class Loaded:
     model: backbones.Network
     handle: rules.RuleHandle | None
     task: Task
-    config: dict
+    config: StageConfig
     checkpoint: dict
 
 
-def make_reader(cfg: dict, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int,
+def make_reader(cfg: StageConfig, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int,
                 holdout: float = 0.0, part: str = "all") -> ShardReader:
-    data = cfg["data"]
-    manifest = load_manifest(data["root"])
+    data = cfg.data
+    manifest = load_manifest(data.root)
     fixed = manifest.image.get("height")
-    native = (fixed or data.get("image_size") or 224) + 2 * data.get("pad", 0)
-    size = data.get("image_size") or backbones.input_size(cfg["backbone"], native)
+    native = (fixed or data.image_size or 224) + 2 * data.pad
+    size = data.image_size or backbones.input_size(cfg.backbone, native)
     resize = None if (fixed is not None and size == native) else size
-    return ShardReader(data["root"], split, batch_size=batch_size, shuffle=shuffle, seed=seed, classes=classes,
-                       limit=limit, pad=data.get("pad", 0), image_size=resize, channels=3, holdout=holdout, part=part)
+    return ShardReader(data.root, split, batch_size=batch_size, shuffle=shuffle, seed=seed, classes=classes,
+                       limit=limit, pad=data.pad, image_size=resize, channels=3, holdout=holdout, part=part)
 
 
 def split_names(root: str) -> tuple[str, str, str]:
@@ -122,9 +139,9 @@ def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x
     return value
 
 
-def _fit(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.optim.Optimizer, epochs: int,
-         stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None,
-         validate: Callable[[], dict] | None = None) -> list:
+def train_epochs(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.optim.Optimizer, epochs: int,
+                 stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None,
+                 validate: Callable[[], dict] | None = None) -> list:
     history = []
     for epoch in range(epochs):
         reader.set_epoch(epoch)
@@ -155,26 +172,24 @@ def _prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def pretrain(config: dict, out: str | Path, progress: bool = True,
+def pretrain(config: dict | StageConfig, out: str | Path, progress: bool = True,
              on_epoch: Callable[[int, dict], None] | None = None) -> Path:
     """BP training of a classifier on the source classes; the checkpoint feeds every fine-tuning run."""
-    cfg = merge(DEFAULTS, config)
-    p, seed = cfg["pretrain"], int(cfg["seed"])
-    device = resolve_device(cfg["device"])
-    classes = cfg["data"].get("source_classes")
-    manifest = load_manifest(cfg["data"]["root"])
-    num_classes = len(classes) if classes is not None else manifest.num_classes
+    cfg = stage_config(config)
+    p, seed, classes = cfg.pretrain, cfg.seed, cfg.data.source_classes
+    device = resolve_device(cfg.device)
+    num_classes = len(classes) if classes is not None else load_manifest(cfg.data.root).num_classes
     torch.manual_seed(seed)
-    model = _prepare_model(backbones.build(cfg["backbone"], num_classes, cfg.get("weights")), device)
+    model = _prepare_model(backbones.build(cfg.backbone, num_classes, cfg.weights), device)
     task = get_task("classification")(num_classes)
-    train_split, test_split, _ = split_names(cfg["data"]["root"])
-    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, p["batch_size"], seed)
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-    history = _fit(model, task, reader, opt, p["epochs"], "pretrain", device, progress, on_epoch)
-    test = make_reader(cfg, test_split, classes, cfg["data"].get("test_limit"), False, 256, seed)
+    train_split, test_split, _ = split_names(cfg.data.root)
+    reader = make_reader(cfg, train_split, classes, cfg.data.train_limit, True, p.batch_size, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    history = train_epochs(model, task, reader, opt, p.epochs, "pretrain", device, progress, on_epoch)
+    test = make_reader(cfg, test_split, classes, cfg.data.test_limit, False, 256, seed)
     metrics = task.evaluate(_Eval(model, device), test)
     return save_checkpoint({
-        "kind": "pretrain", "config": cfg, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "kind": "pretrain", "config": cfg.model_dump(), "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "history": history, "metrics": metrics,
     }, out)
 
@@ -192,66 +207,64 @@ class _Eval(torch.nn.Module):
             return self.model(x.to(self.device)).float().cpu()
 
 
-def finetune(pretrained: str | Path | None, rule: str, config: dict, out: str | Path, progress: bool = True,
-             on_epoch: Callable[[int, dict], None] | None = None) -> Path:
+def finetune(pretrained: str | Path | None, rule: str, config: dict | StageConfig, out: str | Path,
+             progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> Path:
     """Fine-tune every layer under `rule` with a new task head on the target classes; evaluates at the end."""
     loaded = finetune_model(pretrained, rule, config, progress, on_epoch)
-    device = resolve_device(loaded.config["device"])
-    loaded.checkpoint["metrics"] = evaluate_loaded(loaded, device)
+    loaded.checkpoint["metrics"] = evaluate_loaded(loaded, resolve_device(loaded.config.device))
     return save_checkpoint(loaded.checkpoint, out)
 
 
-def finetune_model(pretrained: str | Path | None, rule: str, config: dict, progress: bool = True,
+def finetune_model(pretrained: str | Path | None, rule: str, config: dict | StageConfig, progress: bool = True,
                    on_epoch: Callable[[int, dict], None] | None = None, validation: float = 0.0) -> Loaded:
     """`finetune` without the test-set evaluation and without saving: the trained model, its rule handle and the
     checkpoint it would write (no metrics). With `validation` > 0 that fraction of the training split is held out
     (by sample key) and scored after every epoch: `val_<metric>` in each epoch row, e.g. val_top1 or val_map."""
-    cfg = merge(DEFAULTS, config)
-    rules.get_rule(rule)
-    f, seed = cfg["finetune"], int(cfg["seed"])
-    device = resolve_device(cfg["device"])
-    classes = cfg["data"].get("target_classes")
-    manifest = load_manifest(cfg["data"]["root"])
-    num_classes = len(classes) if classes is not None else manifest.num_classes
-    task = make_task(cfg, num_classes, manifest.label_kind)
+    if rule not in rules.available_rules():
+        raise ConfigError(unknown_name("learning rule", rule, rules.available_rules(), "rules"))
+    cfg = stage_config(config).model_copy(update={"rule": rule})
+    f, seed, classes = cfg.finetune, cfg.seed, cfg.data.target_classes
+    device = resolve_device(cfg.device)
+    manifest = load_manifest(cfg.data.root)
+    task = make_task(cfg, len(classes) if classes is not None else manifest.num_classes, manifest.label_kind)
     torch.manual_seed(seed)
-    model = backbones.build(cfg["backbone"], task.num_outputs, cfg.get("weights") if pretrained is None else None)
+    model = backbones.build(cfg.backbone, task.num_outputs, cfg.weights if pretrained is None else None)
     if pretrained is not None:
         backbones.load_body_weights(model, load_checkpoint(pretrained)["model"])
     model = _prepare_model(model, device)
     handle = rules.attach(model, rule, seed=seed)
     opt = torch.optim.Adam([
-        {"params": model.backbone_parameters(), "lr": f["lr_backbone"]},
-        {"params": model.head_parameters(), "lr": f["lr_head"]},
-    ], betas=(0.9, 0.999), weight_decay=f["weight_decay"])
-    train_split, _, _ = split_names(cfg["data"]["root"])
+        {"params": model.backbone_parameters(), "lr": f.lr_backbone},
+        {"params": model.head_parameters(), "lr": f.lr_head},
+    ], betas=(0.9, 0.999), weight_decay=f.weight_decay)
+    train_split, _, _ = split_names(cfg.data.root)
     part = "fit" if validation > 0 else "all"
-    reader = make_reader(cfg, train_split, classes, cfg["data"].get("train_limit"), True, f["batch_size"], seed,
-                         validation, part)
+    reader = make_reader(cfg, train_split, classes, cfg.data.train_limit, True, f.batch_size, seed, validation, part)
     validate = _validator(cfg, task, model, device, validation) if validation > 0 else None
-    history = _fit(model, task, reader, opt, f["epochs"], f"finetune[{rule}]", device, progress, on_epoch, validate)
+    history = train_epochs(model, task, reader, opt, f.epochs, f"finetune[{rule}]", device, progress, on_epoch,
+                           validate)
     ckpt = {
-        "kind": "finetune", "rule": rule, "config": cfg, "pretrained": str(pretrained) if pretrained else None,
+        "kind": "finetune", "rule": rule, "config": cfg.model_dump(),
+        "pretrained": str(pretrained) if pretrained else None,
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "rule_state": handle.state_dict(),
         "task_state": task.state_dict(), "history": history,
     }
     return Loaded(model, handle, task, cfg, ckpt)
 
 
-def _validator(cfg: dict, task: Task, model: torch.nn.Module, device: torch.device,
+def _validator(cfg: StageConfig, task: Task, model: torch.nn.Module, device: torch.device,
                fraction: float) -> Callable[[], dict]:
     """Scores the model on the held-out part of the training split (hashing: against the fit part as database)."""
-    data, seed = cfg["data"], int(cfg["seed"])
-    classes = data.get("target_classes")
-    train_split, _, _ = split_names(data["root"])
-    fit_limit = data.get("train_limit")
+    data, seed = cfg.data, cfg.seed
+    train_split, _, _ = split_names(data.root)
+    fit_limit = data.train_limit
     # as many held-out images per fit image as in the whole split: a train_limit shrinks both alike
     limit = None if fit_limit is None else max(1, math.ceil(fit_limit * fraction / (1 - fraction)))
-    held = make_reader(cfg, train_split, classes, limit, False, 256, seed, fraction, "holdout")
+    held = make_reader(cfg, train_split, data.target_classes, limit, False, 256, seed, fraction, "holdout")
     db = None
     if task.kind == "hashing":
-        db = make_reader(cfg, train_split, classes, data.get("db_limit") or fit_limit, False, 256, seed, fraction,
-                         "fit")
+        db = make_reader(cfg, train_split, data.target_classes, data.db_limit or fit_limit, False, 256, seed,
+                         fraction, "fit")
     scored = _Eval(model, device)
 
     def validate() -> dict:
@@ -261,46 +274,47 @@ def _validator(cfg: dict, task: Task, model: torch.nn.Module, device: torch.devi
     return validate
 
 
-def make_task(cfg: dict, num_classes: int, label_kind: str) -> Task:
-    t = dict(cfg["task"])
-    name = t.pop("name")
-    if name == "classification":
-        return get_task(name)(num_classes, label_kind)
-    return get_task(name)(num_classes, label_kind, bits=t.get("bits", 32), loss=t.get("loss", "csq"),
-                          topk=t.get("topk"), seed=int(cfg["seed"]))
+def make_task(cfg: StageConfig, num_classes: int, label_kind: str) -> Task:
+    options = cfg.task.model_dump(exclude={"name"})
+    return get_task(cfg.task.name)(num_classes, label_kind, **options, seed=cfg.seed)
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", attach_rule: bool = True) -> Loaded:
-    """A fine-tuned model exactly as it was trained: weights, rule state (same B, same brsf stream), task state."""
+def checkpoint_config(ckpt: dict, where: str) -> StageConfig:
+    """The StageConfig a checkpoint was made with. Checkpoints written before the config was typed hold every
+    task's options under `task` (bits of a classifier): only the task's own are kept."""
+    cfg = dict(ckpt["config"])
+    task = dict(cfg.get("task") or {})
+    if task.get("name") in TASKS.names():
+        own = get_task(task["name"]).Options.model_fields
+        cfg["task"] = {k: v for k, v in task.items() if k == "name" or k in own}
+    return stage_config(cfg, f"{where} (its config)")
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device | None = "cpu", attach_rule: bool = True) -> Loaded:
+    """A fine-tuned model exactly as it was trained: weights, rule state (same B, same brsf stream), task state;
+    on `device` (None: the device its config names)."""
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("kind") != "finetune":
-        raise ValueError(f"{checkpoint} is a {ckpt.get('kind')} checkpoint; a fine-tuned one is needed here")
-    cfg = ckpt["config"]
-    manifest = load_manifest(cfg["data"]["root"])
-    classes = cfg["data"].get("target_classes")
+        raise ConfigError(f"{checkpoint} is a {ckpt.get('kind')} checkpoint; a fine-tuned one is needed here")
+    cfg = checkpoint_config(ckpt, str(checkpoint))
+    manifest = load_manifest(cfg.data.root)
+    classes = cfg.data.target_classes
     task = make_task(cfg, len(classes) if classes is not None else manifest.num_classes, manifest.label_kind)
     task.load_state_dict(ckpt.get("task_state", {}))
-    model = backbones.build(cfg["backbone"], task.num_outputs)
+    model = backbones.build(cfg.backbone, task.num_outputs)
     model.load_state_dict(ckpt["model"])
-    model = model.to(torch.device(device)).eval()
-    handle = rules.attach(model, ckpt["rule"], seed=int(cfg["seed"]), state=ckpt["rule_state"]) if attach_rule else None
+    model = model.to(resolve_device(cfg.device if device is None else str(device))).eval()
+    handle = rules.attach(model, ckpt["rule"], seed=cfg.seed, state=ckpt["rule_state"]) if attach_rule else None
     return Loaded(model, handle, task, cfg, ckpt)
 
 
 def evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
-    cfg, task = loaded.config, loaded.task
-    data, seed = cfg["data"], int(cfg["seed"])
-    classes = data.get("target_classes")
-    train_split, test_split, db_split = split_names(data["root"])
-    test = make_reader(cfg, test_split, classes, data.get("test_limit"), False, 256, seed)
+    """Clean metrics on the target test split: top-1 (classification) or mAP@k against the database (hashing)."""
+    cfg, task, data = loaded.config, loaded.task, loaded.config.data
+    _, test_split, db_split = split_names(data.root)
+    test = make_reader(cfg, test_split, data.target_classes, data.test_limit, False, 256, cfg.seed)
     model = _Eval(loaded.model, device)
     if task.kind == "hashing":
-        db = make_reader(cfg, db_split, classes, data.get("db_limit"), False, 256, seed)
+        db = make_reader(cfg, db_split, data.target_classes, data.db_limit, False, 256, cfg.seed)
         return task.evaluate(model, test, db)
     return task.evaluate(model, test)
-
-
-def evaluate(checkpoint: str | Path, device: str = "auto") -> dict:
-    """Clean metrics of a fine-tuned checkpoint: top-1 (classification) or mAP@k (hashing) on the target test split."""
-    dev = resolve_device(device)
-    return evaluate_loaded(load_model(checkpoint, dev), dev)

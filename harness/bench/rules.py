@@ -1,7 +1,7 @@
 """`harness bench rules`: cost of each learning rule relative to plain PyTorch backpropagation.
 
 Two steps per rule, each timed interleaved with a plain-BP twin of the same model in the same process:
-- train: forward, cross-entropy, backward, Adam step (the fine-tuning step of PROTOCOL.md section 3);
+- train: forward, cross-entropy, backward, Adam step (the fine-tuning step of docs/protocol.md, "Training");
 - input_grad: forward and d loss / d input only, with parameters still requiring grad (one step of a gradient
   attack, the cost BioTorch pays 2.4x for).
 Imports torch and torchvision only, so it runs on a GPU machine where Ray is not installed.
@@ -25,9 +25,9 @@ import rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 
 # Sizes that finish on a 2-core CPU; the GPU preset is the paper's (224 px, batch 128). ResNet-18 at batch 256 is
-# a ~350-400 ms step on 2 cores, the step the rules issue states its targets for. Smaller steps show more of the
-# per-step cost a sign rule cannot avoid (reading all of W once after each optimizer step to keep B in step): at
-# batch 64 (~120 ms) that is ~2% of the step; pass --batch-size 64 to see it.
+# the step size the README's cost targets are stated for (results/bench/NOTES.md). Smaller steps show more of the
+# per-step cost a sign rule cannot avoid (reading all of W once after each optimizer step to keep B in step); pass
+# --batch-size 64 to see it.
 CPU_SHAPES = {"resnet18": (32, 256), "alexnet": (64, 64), "vgg16": (32, 16)}
 GPU_SHAPES = {"resnet18": (224, 128), "alexnet": (224, 128), "vgg16": (224, 64)}
 

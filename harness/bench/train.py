@@ -18,7 +18,7 @@ from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
 from workloads.datasets import load_manifest
 from workloads.tasks import get_task
-from workloads.train import DEFAULTS, make_reader, merge, resolve_device, train_step
+from workloads.train import StageConfig, make_reader, resolve_device, train_step
 
 
 def _cycle(reader) -> Iterator:
@@ -29,13 +29,13 @@ def _cycle(reader) -> Iterator:
         epoch += 1
 
 
-def run(root: str, rule_names: list[str], backbone: str = "resnet18", classes: list[int] | None = None,
+def run(folder: str, rule_names: list[str], backbone: str = "resnet18", classes: list[int] | None = None,
         pad: int = 2, batch_size: int = 256, steps_per_round: int = 3, rounds: int = 15, device: str = "cpu",
         seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    cfg = merge(DEFAULTS, {"backbone": backbone, "device": device, "seed": seed,
-                           "data": {"root": root, "target_classes": classes, "pad": pad}})
+    cfg = StageConfig(backbone=backbone, device=device, seed=seed,
+                      data={"root": str(folder), "target_classes": classes, "pad": pad})
     dev = resolve_device(device)
-    n_classes = len(classes) if classes is not None else load_manifest(root).num_classes
+    n_classes = len(classes) if classes is not None else load_manifest(folder).num_classes
     task = get_task("classification")(n_classes)
     torch.manual_seed(seed)
     base = backbones.build(backbone, n_classes).to(dev)

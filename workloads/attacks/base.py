@@ -1,7 +1,7 @@
-"""The attack contract: what an attack needs, which tasks it fits, and how it crafts adversarial examples.
+"""The attack contract: what an attack needs, which tasks it fits, its parameters, and how it crafts examples.
 
 An attack is crafted against a *crafting model* and scored on the *target model*. The gradient source decides
-the crafting model (PROTOCOL.md section 4):
+the crafting model (docs/protocol.md, "Attacks"):
 - `rule`: the target as trained, differentiated through its rule's backward (the paper's protocol);
 - `exact`: the same weights with exact autograd (`handle.exact()`): the honest white-box number;
 - `transfer`: the BP-fine-tuned sibling (same backbone, data, seed); the examples are then scored on the target.
@@ -17,12 +17,19 @@ Families:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator, Field
+
+from workloads.errors import ConfigError
+from workloads.settings import Section, validate
 
 GRADIENT_SOURCES = ("rule", "exact", "transfer")
 FAMILIES = ("gradient", "hashing", "score", "decision")
+# iterations, queries, restarts: far beyond any published setting, short of running for years
+Steps = Annotated[int, Field(ge=0, le=10**7)]
 
 # craft(x, y) -> x_adv in [0, 1]; decision attacks return (x_adv, found) with found a bool per image
 Craft = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
@@ -44,14 +51,29 @@ class AttackSpec:
     family: str
     tasks: tuple[str, ...]  # task kinds it applies to
     # (crafting model, eps (None for decision attacks), params, context) -> craft
-    build: Callable[[torch.nn.Module, float | None, dict, AttackContext], Craft]
-    defaults: dict = field(default_factory=dict)
+    builder: Callable[[torch.nn.Module, float | None, Section, AttackContext], Craft]
+    # the attack's own parameters, each with its default, range and a docstring (what a DAG's `params` takes)
+    params: type[Section] = Section
     description: str = ""
-    choices: dict = field(default_factory=dict)  # string parameter -> the values it may take
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"attack {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
+
+    @property
+    def defaults(self) -> dict:
+        return self.params().model_dump()
+
+    def parse(self, params: dict | Section | None, where: str = "") -> Section:
+        """`params` checked against the attack's own, defaults filled in."""
+        if isinstance(params, self.params):
+            return params
+        return validate(self.params, params or {}, where or f"attack {self.name!r} params")
+
+    def build(self, model: torch.nn.Module, eps: float | None, params: dict | Section | None,
+              ctx: AttackContext) -> Craft:
+        """The craft function against `model` at budget `eps` (None for a decision attack)."""
+        return self.builder(model, eps, self.parse(params), ctx)
 
     @property
     def needs_gradient_source(self) -> bool:
@@ -64,18 +86,25 @@ class AttackSpec:
 
 
 def check_eps(eps_grid: list[float]) -> list[float]:
+    """The grid as floats, each an L-inf budget in [0, 1]; a ConfigError otherwise."""
     out = []
     for e in eps_grid:
         try:
             e = float(e)
         except (TypeError, ValueError):
-            raise ValueError(f"eps {e!r} is not a number: budgets are L-inf distances in [0, 1] pixel space") from None
+            raise ConfigError(f"eps {e!r} is not a number: budgets are L-inf distances in [0, 1] pixel space") from None
         if not 0.0 <= e <= 1.0:
-            raise ValueError(f"eps {e} is outside [0, 1]: budgets are L-inf distances in [0, 1] pixel space")
+            raise ConfigError(f"eps {e} is outside [0, 1]: budgets are L-inf distances in [0, 1] pixel space")
         out.append(e)
     if not out:
-        raise ValueError("the eps grid is empty: give at least one budget, e.g. [0, 0.05, 0.1]")
+        raise ConfigError("the eps grid is empty: give at least one budget, e.g. [0, 0.05, 0.1]")
     return out
+
+
+# an eps grid in a DAG: checked by check_eps, described to editors by the schema
+Budgets = Annotated[list[float], AfterValidator(check_eps), Field(
+    description="L-inf budgets in [0, 1] pixel space, e.g. [0, 0.05, 0.1]; 0 is the clean number",
+    json_schema_extra={"items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1})]
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

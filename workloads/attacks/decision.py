@@ -11,12 +11,14 @@ smallest adversarial found per image; the caller turns that into an eps curve. T
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import foolbox as fb
 import torch
 
-from workloads.attacks.base import AttackContext, AttackSpec
+from workloads.attacks.base import AttackContext, AttackSpec, Steps
 from workloads.attacks.registry import register_attack
+from workloads.settings import Section
 
 
 class _LabelsOnly(torch.nn.Module):
@@ -31,7 +33,7 @@ class _LabelsOnly(torch.nn.Module):
             return self.model(x)
 
 
-def _minimal(make_attack, model: torch.nn.Module, params: dict, ctx: AttackContext):
+def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackContext):
     fmodel = fb.PyTorchModel(_LabelsOnly(model).eval(), bounds=(0.0, 1.0))
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +45,7 @@ def _minimal(make_attack, model: torch.nn.Module, params: dict, ctx: AttackConte
         torch.manual_seed(ctx.seed)  # foolbox draws its noise from torch's global generator
         xs, ys = x[todo], y[todo]
         criterion = fb.criteria.Misclassification(ys)
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=int(params["init_steps"]))
+        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=params.init_steps)
         with warnings.catch_warnings():  # "failed to draw sufficient random inputs": handled just below
             warnings.filterwarnings("ignore", "LinearSearchBlendedUniformNoiseAttack failed", UserWarning)
             starts = init.run(fmodel, xs, criterion)
@@ -77,31 +79,48 @@ def _other_class_starts(model, pool, xs, ys, starts, has_start):
     return starts, has_start | usable
 
 
-def _boundary(model, eps, params: dict, ctx: AttackContext):
-    def make(p: dict):
-        return fb.attacks.BoundaryAttack(steps=int(p["steps"]), spherical_step=float(p["spherical_step"]),
-                                         source_step=float(p["source_step"]))
-
-    return _minimal(make, model, params, ctx)
-
-
-def _hsja(model, eps, params: dict, ctx: AttackContext):
-    def make(p: dict):
-        return fb.attacks.HopSkipJumpAttack(steps=int(p["steps"]),
-                                            initial_gradient_eval_steps=int(p["initial_gradient_eval_steps"]),
-                                            max_gradient_eval_steps=int(p["max_gradient_eval_steps"]),
-                                            constraint=p["constraint"])
-
-    return _minimal(make, model, params, ctx)
-
-
 # Budgets: foolbox's defaults (Boundary 25,000 steps) cost hours per batch on a CPU; these are set explicitly and
 # the number of queries actually spent is measured and reported with every result.
-register_attack(AttackSpec("boundary", "decision", ("classification",), _boundary,
-                           {"steps": 1000, "spherical_step": 0.01, "source_step": 0.01, "init_steps": 50},
+class BoundaryParams(Section):
+    steps: Steps = 1000
+    """Iterations of the random walk along the decision boundary (foolbox's default, 25,000, takes hours)."""
+    spherical_step: float = 0.01
+    """Relative size of the orthogonal step."""
+    source_step: float = 0.01
+    """Relative size of the step towards the original image."""
+    init_steps: Steps = 50
+    """Blends tried by the uniform-noise search for a starting point."""
+
+
+def _boundary(model, eps, params: BoundaryParams, ctx: AttackContext):
+    def make(p: BoundaryParams):
+        return fb.attacks.BoundaryAttack(steps=p.steps, spherical_step=p.spherical_step, source_step=p.source_step)
+
+    return _minimal(make, model, params, ctx)
+
+
+class HSJAParams(Section):
+    steps: Steps = 20
+    """Iterations (gradient estimate, step, binary search)."""
+    initial_gradient_eval_steps: Steps = 50
+    """Queries for the first gradient estimate."""
+    max_gradient_eval_steps: Steps = 1000
+    """Cap on the queries of one gradient estimate."""
+    constraint: Literal["linf", "l2"] = "linf"
+    """The norm whose perturbation is minimised."""
+    init_steps: Steps = 50
+    """Blends tried by the uniform-noise search for a starting point."""
+
+
+def _hsja(model, eps, params: HSJAParams, ctx: AttackContext):
+    def make(p: HSJAParams):
+        return fb.attacks.HopSkipJumpAttack(steps=p.steps, initial_gradient_eval_steps=p.initial_gradient_eval_steps,
+                                            max_gradient_eval_steps=p.max_gradient_eval_steps, constraint=p.constraint)
+
+    return _minimal(make, model, params, ctx)
+
+
+register_attack(AttackSpec("boundary", "decision", ("classification",), _boundary, BoundaryParams,
                            "Boundary attack (Brendel et al. 2018), L2 minimal perturbation, label queries only"))
-register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja,
-                           {"steps": 20, "initial_gradient_eval_steps": 50, "max_gradient_eval_steps": 1000,
-                            "constraint": "linf", "init_steps": 50},
-                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only",
-                           {"constraint": ("linf", "l2")}))
+register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja, HSJAParams,
+                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only"))

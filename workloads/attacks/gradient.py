@@ -6,40 +6,61 @@ Whatever backward the crafting model defines is what these attacks differentiate
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torchattacks
 
-from workloads.attacks.base import AttackContext, AttackSpec
+from workloads.attacks.base import AttackContext, AttackSpec, Steps
 from workloads.attacks.registry import register_attack
+from workloads.settings import Section
 
 
-def _fgsm(model, eps: float, params: dict, ctx: AttackContext):
+def _fgsm(model, eps: float, params: Section, ctx: AttackContext):
     return torchattacks.FGSM(model, eps=eps)
 
 
-def _pgd(model, eps: float, params: dict, ctx: AttackContext):
-    steps = int(params["steps"])
-    # PROTOCOL.md section 4: step 2.5 * eps / steps, random start (Madry et al.'s convention)
-    alpha = float(params["alpha_factor"]) * eps / max(steps, 1)
-    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=bool(params["random_start"]))
+class PGDParams(Section):
+    steps: Steps = 5
+    """Iterations (the paper's headline setting: 5; a strong evaluation uses 50 or more)."""
+    alpha_factor: float = 2.5
+    """Step size as a multiple of eps / steps (2.5: Madry et al.'s convention)."""
+    random_start: bool = True
+    """Start from a uniform point in the eps ball."""
 
 
-def _apgd(model, eps: float, params: dict, ctx: AttackContext):
-    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=int(params["steps"]),
-                             n_restarts=int(params["restarts"]), loss=params["loss"], seed=ctx.seed)
+def _pgd(model, eps: float, params: PGDParams, ctx: AttackContext):
+    alpha = params.alpha_factor * eps / max(params.steps, 1)
+    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=params.steps, random_start=params.random_start)
 
 
-def _autoattack(model, eps: float, params: dict, ctx: AttackContext):
-    return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=params["version"],
+class APGDParams(Section):
+    steps: Steps = 100
+    """Iterations."""
+    restarts: Steps = 1
+    """Random restarts; an image counts as broken if any restart breaks it."""
+    loss: Literal["ce", "dlr"] = "ce"
+    """Cross-entropy, or the difference-of-logits ratio (scale-invariant; does not saturate)."""
+
+
+def _apgd(model, eps: float, params: APGDParams, ctx: AttackContext):
+    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=params.steps, n_restarts=params.restarts,
+                             loss=params.loss, seed=ctx.seed)
+
+
+class AutoAttackParams(Section):
+    version: Literal["standard", "plus", "rand"] = "standard"
+    """AutoAttack's attack set: standard (APGD-CE, APGD-T, FAB-T, Square), plus, or rand (randomised defences)."""
+
+
+def _autoattack(model, eps: float, params: AutoAttackParams, ctx: AttackContext):
+    return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=params.version,
                                    n_classes=ctx.task.num_classes, seed=ctx.seed)
 
 
-register_attack(AttackSpec("fgsm", "gradient", ("classification",), _fgsm, {}, "fast gradient sign, one step"))
-register_attack(AttackSpec("pgd", "gradient", ("classification",), _pgd,
-                           {"steps": 5, "alpha_factor": 2.5, "random_start": True},
+register_attack(AttackSpec("fgsm", "gradient", ("classification",), _fgsm, description="fast gradient sign, one step"))
+register_attack(AttackSpec("pgd", "gradient", ("classification",), _pgd, PGDParams,
                            "projected gradient descent, L-inf, random start"))
-register_attack(AttackSpec("apgd", "gradient", ("classification",), _apgd,
-                           {"steps": 100, "restarts": 1, "loss": "ce"},
-                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning", {"loss": ("ce", "dlr")}))
-register_attack(AttackSpec("autoattack", "gradient", ("classification",), _autoattack, {"version": "standard"},
-                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients",
-                           {"version": ("standard", "plus", "rand")}))
+register_attack(AttackSpec("apgd", "gradient", ("classification",), _apgd, APGDParams,
+                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning"))
+register_attack(AttackSpec("autoattack", "gradient", ("classification",), _autoattack, AutoAttackParams,
+                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients"))

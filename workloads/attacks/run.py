@@ -13,7 +13,6 @@ carries the median minimal L2 / L-inf over the images where one was found.
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 from collections.abc import Callable, Iterable
 
@@ -21,52 +20,26 @@ import torch
 
 from workloads.attacks.base import GRADIENT_SOURCES, AttackContext, AttackSpec, check_eps
 from workloads.attacks.registry import get_attack
+from workloads.errors import ConfigError
+from workloads.names import Metric as M
+from workloads.settings import Section
 
 
 def validate(attack: str, task_kind: str, source: str | None, eps_grid: list[float],
-             params: dict | None = None) -> AttackSpec:
-    """Every config error an attack can have, raised before anything is computed."""
+             params: dict | None = None) -> tuple[AttackSpec, Section]:
+    """Every config error an attack can have, raised before anything is computed; the spec and its parameters."""
     spec = get_attack(attack)
     if task_kind not in spec.tasks:
-        raise ValueError(f"attack {attack!r} does not apply to a {task_kind} model (it applies to: "
-                         f"{', '.join(spec.tasks)})")
+        raise ConfigError(f"attack {attack!r} does not apply to a {task_kind} model (it applies to: "
+                          f"{', '.join(spec.tasks)})")
     if spec.needs_gradient_source:
         if source not in GRADIENT_SOURCES:
-            raise ValueError(f"gradient source {source!r} for {attack!r}: choose one of {', '.join(GRADIENT_SOURCES)}")
+            raise ConfigError(f"gradient source {source!r} for {attack!r}: choose one of "
+                              f"{', '.join(GRADIENT_SOURCES)}")
     elif source not in (None, "none"):
-        raise ValueError(f"{attack!r} queries outputs only; it takes no gradient source (got {source!r})")
-    unknown = sorted(set(params or {}) - set(spec.defaults))
-    if unknown:
-        allowed = ", ".join(sorted(spec.defaults)) or "none"
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for attack {attack!r}; allowed: {allowed}")
-    for key, value in (params or {}).items():
-        _check_param(spec, key, value)
+        raise ConfigError(f"{attack!r} queries outputs only; it takes no gradient source (got {source!r})")
     check_eps(eps_grid)
-    return spec
-
-
-MAX_COUNT = 10**7  # steps, queries, restarts: far beyond any published setting, short of running for years
-
-
-def _check_param(spec: AttackSpec, key: str, value: object) -> None:
-    default = spec.defaults[key]
-    where = f"parameter {key}={value!r} of attack {spec.name!r}"
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-        want = "true or false"
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
-        want = f"an integer in [0, {MAX_COUNT}]"
-    elif isinstance(default, float):
-        ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-              and abs(value) <= 1e6)
-        want = "a finite number"
-    else:
-        allowed = spec.choices.get(key)
-        ok = isinstance(value, str) and (allowed is None or value in allowed)
-        want = f"one of {', '.join(allowed)}" if allowed else "a string"
-    if not ok:
-        raise ValueError(f"{where}: expected {want} (default {default!r})")
+    return spec, spec.parse(params)
 
 
 class QueryCounter(torch.nn.Module):
@@ -112,12 +85,11 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
     `on_row` sees each row as soon as it is measured (progress for long grids).
     """
     task = target.task
-    spec = validate(attack_name, task.kind, source, eps_grid, params)
+    spec, params = validate(attack_name, task.kind, source, eps_grid, params)
     if source == "transfer" and sibling is None:
-        raise ValueError("gradient source 'transfer' needs the BP-fine-tuned sibling model")
+        raise ConfigError("gradient source 'transfer' needs the BP-fine-tuned sibling model")
     if task.kind == "hashing" and database is None:
         raise ValueError("attacking a hashing model needs the retrieval database (batches of its database split)")
-    params = {**spec.defaults, **(params or {})}
     for loaded in (target, sibling):
         if loaded is not None:
             loaded.model.eval()  # attacks evaluate: BatchNorm statistics must not move
@@ -141,17 +113,20 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
         torch.manual_seed(seed)  # random starts are reproducible
         crafting.images = 0
         craft = spec.build(crafting, eps, params, ctx) if eps > 0 else None
-        acc = scorer.accumulator()
+        per_image = []
         for (x, y), before in zip(batches, clean, strict=True):
             if craft is None:
                 x_adv = x
             else:
                 with exact():
                     x_adv = craft(x, y).detach()
-            acc.add(x, y, x_adv, before)
-        n = acc.n
-        rows.append({"attack": attack_name, "source": source, "eps": eps, **acc.row(),
-                     "queries": crafting.images / n, "n": n})
+            delta = (x_adv - x).flatten(1)
+            per_image.append({**scorer.outcome(y, x_adv, before), M.LINF: delta.abs().amax(1), M.L2: delta.norm(dim=1)})
+        out = {k: torch.cat([o[k].cpu() for o in per_image]) for k in per_image[0]}
+        n = len(out[M.LINF])
+        rows.append({"attack": attack_name, "source": source, "eps": eps, **scorer.row(out),
+                     M.LINF: float(out[M.LINF].sum()) / n, M.L2: float(out[M.L2].sum()) / n,
+                     M.QUERIES: crafting.images / n, M.N: n})
         if on_row is not None:
             on_row(rows[-1])
     return rows
@@ -171,23 +146,25 @@ def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid) -> list
         ok.append(before)
     linf, l2, found, ok = (torch.cat([v.cpu() for v in t]) for t in (linf, l2, found, ok))
     n = len(ok)
-    medians = {"median_linf": statistics.median(linf[found].tolist()) if found.any() else float("nan"),
-               "median_l2": statistics.median(l2[found].tolist()) if found.any() else float("nan"),
-               "found": float(found.sum()) / max(int(ok.sum()), 1)}
+    medians = {M.MEDIAN_LINF: statistics.median(linf[found].tolist()) if found.any() else float("nan"),
+               M.MEDIAN_L2: statistics.median(l2[found].tolist()) if found.any() else float("nan"),
+               M.FOUND: float(found.sum()) / max(int(ok.sum()), 1)}
     rows = []
     for eps in eps_grid:
         fooled = found & (linf <= eps)
         k = int(fooled.sum())
         rows.append({"attack": spec.name, "source": None, "eps": eps,
-                     "robust_acc": float((ok & ~fooled).sum()) / n, "clean_acc": float(ok.sum()) / n,
-                     "success_rate": k / max(int(ok.sum()), 1),
-                     "linf": float(linf[fooled].sum()) / k if k else 0.0,
-                     "l2": float(l2[fooled].sum()) / k if k else 0.0,
-                     "queries": crafting.images / n, "n": n, **medians})
+                     M.ROBUST_ACC: float((ok & ~fooled).sum()) / n, M.CLEAN_ACC: float(ok.sum()) / n,
+                     M.SUCCESS_RATE: k / max(int(ok.sum()), 1),
+                     M.LINF: float(linf[fooled].sum()) / k if k else 0.0,
+                     M.L2: float(l2[fooled].sum()) / k if k else 0.0,
+                     M.QUERIES: crafting.images / n, M.N: n, **medians})
     return rows
 
 
 class _ClassScorer:
+    """Per image: correct when clean, correct after the attack."""
+
     def __init__(self, target) -> None:
         self.model = target.model
 
@@ -195,44 +172,19 @@ class _ClassScorer:
         with torch.no_grad():
             return self.model(x).argmax(1) == y
 
-    def accumulator(self) -> _ClassAcc:
-        return _ClassAcc(self.model)
-
-
-class _Sizes:
-    def __init__(self) -> None:
-        self.n, self.linf, self.l2 = 0, 0.0, 0.0
-
-    def add_sizes(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-        delta = (x_adv - x).flatten(1)
-        self.n += len(x)
-        self.linf += float(delta.abs().amax(1).sum())
-        self.l2 += float(delta.norm(dim=1).sum())
-
-    def sizes(self) -> dict:
-        return {"linf": self.linf / self.n, "l2": self.l2 / self.n}
-
-
-class _ClassAcc(_Sizes):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model, self.correct, self.clean_correct, self.fooled = model, 0, 0, 0
-
-    def add(self, x, y, x_adv, before) -> None:
-        self.add_sizes(x, x_adv)
+    def outcome(self, y: torch.Tensor, x_adv: torch.Tensor, before: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            after = self.model(x_adv).argmax(1) == y
-        self.correct += int(after.sum())
-        self.clean_correct += int(before.sum())
-        self.fooled += int((before & ~after).sum())
+            return {"clean": before, "correct": self.model(x_adv).argmax(1) == y}
 
-    def row(self) -> dict:
-        return {"robust_acc": self.correct / self.n, "clean_acc": self.clean_correct / self.n,
-                "success_rate": self.fooled / max(self.clean_correct, 1), **self.sizes()}
+    def row(self, out: dict[str, torch.Tensor]) -> dict:
+        n, clean = len(out["clean"]), int(out["clean"].sum())
+        fooled = int((out["clean"] & ~out["correct"]).sum())
+        return {M.ROBUST_ACC: int(out["correct"].sum()) / n, M.CLEAN_ACC: clean / n,
+                M.SUCCESS_RATE: fooled / max(clean, 1)}
 
 
 class _HashScorer:
-    """Adversarial query codes ranked against the target's clean database codes."""
+    """Per query: AP of the adversarial code against the target's clean database codes, the clean AP, bits flipped."""
 
     def __init__(self, target, crafting_model: torch.nn.Module, database: Iterable, ctx: AttackContext) -> None:
         self.model, self.task = target.model, target.task
@@ -251,28 +203,16 @@ class _HashScorer:
         codes = _codes(self.model, x)
         return codes, self.ap(codes, y)
 
-    def accumulator(self) -> _HashAcc:
-        return _HashAcc(self)
-
-
-class _HashAcc(_Sizes):
-    def __init__(self, scorer: _HashScorer) -> None:
-        super().__init__()
-        self.scorer, self.ap, self.clean_ap, self.flipped, self.fooled = scorer, 0.0, 0.0, 0.0, 0
-
-    def add(self, x, y, x_adv, before) -> None:
-        self.add_sizes(x, x_adv)
+    def outcome(self, y: torch.Tensor, x_adv: torch.Tensor, before: tuple) -> dict[str, torch.Tensor]:
         clean_codes, clean_ap = before
-        codes = _codes(self.scorer.model, x_adv)
-        ap = self.scorer.ap(codes, y)
-        self.ap += float(ap.sum())
-        self.clean_ap += float(clean_ap.sum())
-        self.flipped += float((codes != clean_codes).float().mean(1).sum())
-        self.fooled += int(((clean_ap > 0) & (ap < 0.5 * clean_ap)).sum())
+        codes = _codes(self.model, x_adv)
+        return {"ap": self.ap(codes, y), "clean_ap": clean_ap, "flipped": (codes != clean_codes).float().mean(1)}
 
-    def row(self) -> dict:
-        return {"map": self.ap / self.n, "clean_map": self.clean_ap / self.n, "success_rate": self.fooled / self.n,
-                "hamming": self.flipped / self.n, **self.sizes()}
+    def row(self, out: dict[str, torch.Tensor]) -> dict:
+        n, ap, clean = len(out["ap"]), out["ap"], out["clean_ap"]
+        return {M.MAP: float(ap.sum()) / n, M.CLEAN_MAP: float(clean.sum()) / n,
+                M.SUCCESS_RATE: int(((clean > 0) & (ap < 0.5 * clean)).sum()) / n,
+                M.HAMMING: float(out["flipped"].sum()) / n}
 
 
 def gradient_cosine(target, batches: Iterable) -> dict:
@@ -294,5 +234,5 @@ def gradient_cosine(target, batches: Iterable) -> dict:
             grads.append(g.flatten(1))
         cos.append(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=1))
     c = torch.cat(cos)
-    return {"input_grad_cosine_mean": float(c.mean()), "input_grad_cosine_median": float(c.median()),
+    return {M.GRAD_COSINE: float(c.mean()), "input_grad_cosine_median": float(c.median()),
             "input_grad_cosine_min": float(c.min()), "n": len(c)}

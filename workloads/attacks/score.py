@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import torchattacks
 
-from workloads.attacks.base import AttackContext, AttackSpec
+from workloads.attacks.base import AttackContext, AttackSpec, Steps
 from workloads.attacks.registry import register_attack
+from workloads.settings import Section
 
 
-def _square(model, eps: float, params: dict, ctx: AttackContext):
-    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=int(params["queries"]),
-                               n_restarts=int(params["restarts"]), seed=ctx.seed)
+class SquareParams(Section):
+    queries: Steps = 5000
+    """Queries per image (torchattacks' default)."""
+    restarts: Steps = 1
+    """Random restarts."""
 
 
-register_attack(AttackSpec("square", "score", ("classification",), _square, {"queries": 5000, "restarts": 1},
+def _square(model, eps: float, params: SquareParams, ctx: AttackContext):
+    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=params.queries, n_restarts=params.restarts,
+                               seed=ctx.seed)
+
+
+register_attack(AttackSpec("square", "score", ("classification",), _square, SquareParams,
                            "Square attack (Andriushchenko et al. 2020), random search on output margins"))

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
 
 FORMAT = "sigsym-shards/1"
 MANIFEST = "manifest.json"

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workloads.datasets.codec import encode_label, encode_png
-from workloads.datasets.errors import DataError
 from workloads.datasets.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, check_shard_files, load_manifest
 from workloads.datasets.manifest import sha256_file as _sha256
 from workloads.datasets.sources import get_source
 from workloads.datasets.sources.base import Source
 from workloads.datasets.tario import write_tar
+from workloads.errors import DataError
 
 DEFAULT_SHARD_SIZE = 10_000
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from workloads.datasets.codec import IMAGE_EXTS, decode_image, decode_label
-from workloads.datasets.errors import DataError
 from workloads.datasets.manifest import Manifest, ShardInfo, load_manifest
 from workloads.datasets.tario import iter_tar, key_of
+from workloads.errors import DataError
 
 CACHE_LIMIT_BYTES = 2 << 30
 

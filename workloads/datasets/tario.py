@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
 
 BLOCK = 512
 

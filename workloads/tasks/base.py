@@ -1,4 +1,4 @@
-"""The task contract: how many outputs the head has, the training loss, and how a model is scored."""
+"""The task contract: its options, how many outputs the head has, the training loss, and how a model is scored."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ from typing import Any, ClassVar
 
 import torch
 
+from workloads.settings import Section
+
 
 class Task:
     name: ClassVar[str]
     # "classification" attacks use cross-entropy; hashing attacks (HAG, SDHA) use codes.
     kind: ClassVar[str]
-    # the key of `evaluate`'s result that ranks models (higher is better): what validation and search optimise
+    # the key of `evaluate`'s result that ranks models (higher is better): what validation and search optimise;
+    # one of workloads.names.Metric
     metric: ClassVar[str]
+    # how the report heads that metric, and the metric an attack's rows carry per eps for this task
+    metric_label: ClassVar[str]
+    attack_metric: ClassVar[str]
+    # the task's options in a DAG (`tasks: {NAME: {...}}`) or a stage config (`task: {name: NAME, ...}`)
+    Options: ClassVar[type[Section]] = Section
 
     def __init__(self, num_classes: int, label_kind: str = "single", **options: Any) -> None:
         self.num_classes = num_classes

@@ -5,6 +5,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from workloads.errors import DataError
+from workloads.names import Metric
 from workloads.tasks.base import Task
 from workloads.tasks.registry import register_task
 
@@ -15,11 +17,11 @@ class Classification(Task):
 
     name = "classification"
     kind = "classification"
-    metric = "top1"
+    metric, metric_label, attack_metric = Metric.TOP1, "top-1", Metric.ROBUST_ACC
 
     def __init__(self, num_classes: int, label_kind: str = "single", **options) -> None:
         if label_kind != "single":
-            raise ValueError("the classification task needs single-label data; use the hashing task for multi-label")
+            raise DataError("the classification task needs single-label data; use the hashing task for multi-label")
         super().__init__(num_classes, label_kind)
 
     @property
@@ -38,4 +40,4 @@ class Classification(Task):
             loss += float(F.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
             total += len(y)
-        return {"top1": correct / max(total, 1), "loss": loss / max(total, 1), "n": total}
+        return {Metric.TOP1: correct / max(total, 1), Metric.LOSS: loss / max(total, 1), Metric.N: total}

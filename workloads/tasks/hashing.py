@@ -9,10 +9,14 @@ lambda * mean((|u| - 1)^2). DPSH (Li et al., IJCAI 2016) is computed over the pa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from workloads.names import Metric
+from workloads.settings import Limit, Section
 from workloads.tasks.base import Task
 from workloads.tasks.metrics import map_at_k
 from workloads.tasks.registry import register_task
@@ -39,15 +43,19 @@ class Hashing(Task):
 
     name = "hashing"
     kind = "hashing"
-    metric = "map"
+    metric, metric_label, attack_metric = Metric.MAP, "mAP", Metric.MAP
+
+    class Options(Section):
+        bits: Annotated[int, Field(ge=2, le=4096)] = 32
+        """Code length K."""
+        loss: Literal["csq", "dpsh"] = "csq"
+        """Training loss: CSQ (hash centres, pointwise) or DPSH (pairwise likelihood within a batch)."""
+        topk: Limit = None
+        """Ranked database items mAP counts (null: all; 5000 is usual for NUS-WIDE and COCO, 1000 for ImageNet)."""
 
     def __init__(self, num_classes: int, label_kind: str = "single", bits: int = 32, loss: str = "csq",
                  alpha: float = 1.0, quantization: float = 1e-4, topk: int | None = None, seed: int = 0) -> None:
         super().__init__(num_classes, label_kind)
-        if loss not in ("csq", "dpsh"):
-            raise ValueError(f"hashing loss must be 'csq' or 'dpsh', not {loss!r}")
-        if bits < 2:
-            raise ValueError(f"bits must be at least 2, got {bits}")
         self.bits, self.loss_name, self.alpha, self.quantization, self.topk = bits, loss, alpha, quantization, topk
         self.centers = hash_centers(num_classes, bits, seed)
 
@@ -98,7 +106,7 @@ class Hashing(Task):
         q_codes, q_labels = self.encode(model, batches)
         db_codes, db_labels = self.encode(model, database)
         m = map_at_k(q_codes, db_codes, q_labels, db_labels, self.topk)
-        return {"map": m, "topk": self.topk or len(db_codes), "n_query": len(q_codes), "n_db": len(db_codes),
+        return {Metric.MAP: m, "topk": self.topk or len(db_codes), "n_query": len(q_codes), "n_db": len(db_codes),
                 "bits": self.bits}
 
     def state_dict(self) -> dict:

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
+from workloads.settings import Section
 
 
 @dataclass
@@ -31,6 +32,11 @@ class Source:
     name: ClassVar[str]
     label_kind: ClassVar[str] = "single"
     description: ClassVar[str] = ""
+    # the adapter's own options, passed to __init__ (`harness data prepare` has a flag for each)
+    Options: ClassVar[type[Section]] = Section
+    # a fixed-layout dataset's split -> sample count and image shape; others override the methods that read them
+    splits: ClassVar[dict[str, int]] = {}
+    image: ClassVar[dict] = {"height": None, "width": None, "channels": None}
 
     def __init__(self, src: str | Path | None = None, download: bool = False) -> None:
         self.src = Path(src).expanduser() if src is not None else None
@@ -44,17 +50,17 @@ class Source:
         raise NotImplementedError
 
     def split_names(self) -> list[str]:
-        raise NotImplementedError
+        return list(self.splits)
 
     def split_size(self, split: str) -> int | None:
-        return None
+        return self.splits.get(split)
 
     def samples(self, split: str) -> Iterator[Sample]:
         raise NotImplementedError
 
     def image_info(self) -> dict:
         """{"height", "width", "channels"} when every image has them, None entries otherwise."""
-        return {"height": None, "width": None, "channels": None}
+        return dict(self.image)
 
     def fingerprint(self) -> str:
         """Changes whenever a source file is added, removed, resized or rewritten (path, size, mtime_ns)."""

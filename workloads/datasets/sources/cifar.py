@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.datasets.errors import DataError
 from workloads.datasets.sources.base import Sample, Source
 from workloads.datasets.sources.registry import register_source
+from workloads.errors import DataError
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -43,6 +43,8 @@ def load_batch(data: bytes, where: str) -> dict:
 
 
 class _Cifar(Source):
+    splits = {"train": 50_000, "test": 10_000}
+    image = {"height": 32, "width": 32, "channels": 3}
     folder: str
     archive: str
     bin_folder: str
@@ -95,15 +97,6 @@ class _Cifar(Source):
             raise DataError(f"{self.locate()}: no class list ({self.meta_file})")
         return [line.strip() for line in txt.decode().splitlines() if line.strip()]
 
-    def split_names(self) -> list[str]:
-        return ["train", "test"]
-
-    def split_size(self, split: str) -> int:
-        return 50_000 if split == "train" else 10_000
-
-    def image_info(self) -> dict:
-        return {"height": 32, "width": 32, "channels": 3}
-
     def samples(self, split: str) -> Iterator[Sample]:
         files = self._files()
         names = self.train_files if split == "train" else self.test_files
@@ -115,7 +108,7 @@ class _Cifar(Source):
                 for i in range(len(labels)):
                     yield Sample(label=int(labels[i]), pixels=np.ascontiguousarray(data[i]), origin=f"{n}[{i}]")
             return
-        bins = [n + ".bin" if not n.endswith(".bin") else n for n in self.bin_names(split)]
+        bins = [n + ".bin" for n in names]  # the binary version names its batches the same, with .bin
         if not all(b in files for b in bins):
             raise DataError(f"{self.locate()}: {split} batches missing (need {names} or {bins})")
         row = self.bin_label_bytes + 3072
@@ -129,32 +122,20 @@ class _Cifar(Source):
                 yield Sample(label=int(raw[i, self.bin_label_bytes - 1]), pixels=np.ascontiguousarray(img),
                              origin=f"{b}[{i}]")
 
-    def bin_names(self, split: str) -> list[str]:
-        raise NotImplementedError
-
 
 @register_source
 class Cifar10(_Cifar):
-    name = "cifar10"
+    name, tv_class = "cifar10", "CIFAR10"
     description = "CIFAR-10, 50k train / 10k test 32x32 RGB, 10 classes (torchvision layout or binary version)"
-    tv_class = "CIFAR10"
     folder, archive, bin_folder = "cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar-10-batches-bin"
-    train_files = [f"data_batch_{i}" for i in range(1, 6)]
-    test_files = ["test_batch"]
+    train_files, test_files = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
     meta_file, meta_key, label_key, bin_label_bytes = "batches.meta", "label_names", "labels", 1
-
-    def bin_names(self, split: str) -> list[str]:
-        return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
 
 
 @register_source
 class Cifar100(_Cifar):
-    name = "cifar100"
+    name, tv_class = "cifar100", "CIFAR100"
     description = "CIFAR-100 (fine labels), 50k train / 10k test 32x32 RGB, 100 classes"
-    tv_class = "CIFAR100"
     folder, archive, bin_folder = "cifar-100-python", "cifar-100-python.tar.gz", "cifar-100-binary"
     train_files, test_files = ["train"], ["test"]
     meta_file, meta_key, label_key, bin_label_bytes = "meta", "fine_label_names", "fine_labels", 2
-
-    def bin_names(self, split: str) -> list[str]:
-        return ["train"] if split == "train" else ["test"]

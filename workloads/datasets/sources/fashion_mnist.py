@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.datasets.errors import DataError
 from workloads.datasets.sources.base import Sample, Source
 from workloads.datasets.sources.registry import register_source
+from workloads.errors import DataError
 
 DEBIAN_PATH = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -46,6 +46,8 @@ def read_idx(path: Path) -> np.ndarray:
 class FashionMNIST(Source):
     name = "fashion-mnist"
     description = "Zalando Fashion-MNIST, 60k train / 10k test 28x28 grey, 10 classes"
+    splits = {"train": 60_000, "test": 10_000}
+    image = {"height": 28, "width": 28, "channels": 1}
 
     def _candidates(self) -> list[Path]:
         if self.src is not None:
@@ -91,15 +93,6 @@ class FashionMNIST(Source):
 
     def classes(self) -> list[str]:
         return list(CLASSES)
-
-    def split_names(self) -> list[str]:
-        return ["train", "test"]
-
-    def split_size(self, split: str) -> int:
-        return 60_000 if split == "train" else 10_000
-
-    def image_info(self) -> dict:
-        return {"height": 28, "width": 28, "channels": 1}
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         folder = self.locate()

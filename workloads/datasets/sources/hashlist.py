@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from workloads.datasets.errors import DataError
 from workloads.datasets.sources.base import Sample, Source, require_dir
 from workloads.datasets.sources.registry import register_source
+from workloads.errors import DataError
+from workloads.settings import Section
 
 LISTS = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
 EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
@@ -22,6 +23,10 @@ class HashList(Source):
     name = "hashlist"
     label_kind = "multi"
     description = "DeepHash/HashNet list files (MS-COCO, NUS-WIDE, ImageNet-100): train/test/database.txt"
+
+    class Options(Section):
+        image_root: str | None = None
+        """Folder the list files' image paths are relative to (default: the list folder)."""
 
     def __init__(self, src=None, download: bool = False, image_root: str | Path | None = None) -> None:
         super().__init__(src, download)

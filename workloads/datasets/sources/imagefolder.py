@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from workloads.datasets.errors import DataError
 from workloads.datasets.sources.base import Sample, Source, require_dir
 from workloads.datasets.sources.registry import register_source
+from workloads.errors import DataError
 
 EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 SPLIT_NAMES = ("train", "val", "test", "query", "database")

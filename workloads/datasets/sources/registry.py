@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workloads.datasets.errors import DataError
+from workloads.errors import DataError
 from workloads.registry import Registry
 
 SOURCES: Registry[type] = Registry("dataset", "datasets", error=DataError)

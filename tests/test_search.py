@@ -1,4 +1,4 @@
-"""`harness tune`: the held-out split, the choice of the best setting, the override it writes, and one real search
+"""`harness search`: the held-out split, the choice of the best setting, the override it writes, and one real search
 (Ray Tune + ASHA + MLflow) on the smoke DAG."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 import yaml
 from datagen import idx_bytes, write_fmnist
 
-from harness.dag import DagError, load_dag
+from harness.dag import load_dag
 from harness.plan import build_plan
-from harness.search import SEARCHED, SearchError, Trial, choose
+from harness.search import SEARCHED, Trial, choose
 from workloads.datasets import ShardReader, prepare
-from workloads.datasets.errors import DataError
 from workloads.datasets.sources.fashion_mnist import DEBIAN_PATH, read_idx
+from workloads.errors import ConfigError, DataError, TrialError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "dags" / "smoke.yaml"
@@ -26,7 +26,7 @@ SMOKE = ROOT / "dags" / "smoke.yaml"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tune")
+    root = tmp_path_factory.mktemp("search")
     write_fmnist(root / "src", n_train=200, n_test=40)
     prepare("fashion-mnist", root / "fm", src=root / "src")
     return root / "fm"
@@ -71,7 +71,7 @@ def test_choose_keeps_the_dag_setting_unless_a_trial_beats_it():
     assert best["frsf"]["from"] == "search" and best["frsf"]["val"] == 0.8
     assert best["frsf"]["finetune"] == {"lr_backbone": 2e-3, "lr_head": 2e-3, "weight_decay": 0.0, "epochs": 2}
     assert trials[3].stopped_early and not trials[4].stopped_early
-    with pytest.raises(SearchError, match="DAG's own fine-tuning setting fails for bp"):
+    with pytest.raises(TrialError, match="DAG's own fine-tuning setting fails for bp"):
         choose([_trial("bp", "baseline", [0.0], 2, error="diverged")], ["bp"], {"bp": 2})
 
 
@@ -106,12 +106,12 @@ def test_finetune_by_cell_sets_only_the_matching_cells(tmp_path, shards):
     ([1, 2], "the top level must be a mapping"),
 ])
 def test_bad_overrides_are_clear_errors(tmp_path, shards, override, match):
-    with pytest.raises(DagError, match=match):
+    with pytest.raises(ConfigError, match=match):
         _dag(tmp_path, shards, override)
 
 
 def test_missing_override_file(shards):
-    with pytest.raises(DagError, match="override file nowhere.yaml does not exist"):
+    with pytest.raises(ConfigError, match="override file nowhere.yaml does not exist"):
         load_dag(SMOKE, [f"datasets.fashion-mnist.root={shards}"], ["nowhere.yaml"])
 
 
@@ -129,23 +129,23 @@ def _fmnist_subset(folder: Path, n_train: int, n_test: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_tune_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tmp_path):
+def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tmp_path):
     _fmnist_subset(tmp_path / "src", 1000, 100)
     prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
     sets = ["--set", f"datasets.fashion-mnist.root={tmp_path / 'fm'}",
             "--set", "datasets.fashion-mnist.train_limit=160"]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "harness", "tune", str(SMOKE), *sets, "--out", str(out), "--samples", "4",
+    cmd = [sys.executable, "-m", "harness", "search", str(SMOKE), *sets, "--out", str(out), "--samples", "4",
            "--max-epochs", "2"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[tune search frsf]" in done.stderr and "epoch 2/2 val" in done.stderr  # live progress
+    assert "] search frsf " in done.stderr and "epoch 2/2 val" in done.stderr  # live progress
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("smoke")
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
-    parent = next(r for r in runs if r.data.tags.get("harness.kind") == "tune")
-    trials = [r for r in runs if r.data.tags.get("harness.kind") == "tune-trial"]
+    parent = next(r for r in runs if r.data.tags.get("harness.kind") == "search")
+    trials = [r for r in runs if r.data.tags.get("harness.kind") == "search-trial"]
     assert parent.info.status == "FINISHED" and len(trials) == 2 * (1 + 4)
     assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
     m, p = parent.data.metrics, parent.data.params
@@ -154,8 +154,8 @@ def test_tune_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tm
         assert {f"best.{rule}.{k}" for k in (*SEARCHED, "epochs")} <= set(p)
         # the parent's best is the best of what its trial children logged, and names that trial's setting
         mine = [t for t in trials if t.data.tags["axis.rule"] == rule]
-        base = next(t for t in mine if t.data.tags["tune.phase"] == "baseline")
-        scores = {t.info.run_id: t.data.metrics["best_val"] for t in mine if t.data.tags["tune.phase"] == "search"}
+        base = next(t for t in mine if t.data.tags["search.phase"] == "baseline")
+        scores = {t.info.run_id: t.data.metrics["best_val"] for t in mine if t.data.tags["search.phase"] == "search"}
         top = max(scores, key=scores.get)
         assert m[f"best_val/{rule}"] == max(scores[top], m[f"baseline_val/{rule}"])
         assert base.data.metrics["best_val"] >= m[f"baseline_val/{rule}"]
@@ -164,12 +164,12 @@ def test_tune_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tm
             winner = next(t for t in mine if t.info.run_id == top)
             assert p[f"best.{rule}.lr_head"] == winner.data.params["lr_head"]
             assert p[f"best.{rule}.epochs"] == str(int(winner.data.metrics["best_epoch"]))
-    assert m["stopped_early"] == sum(t.data.tags["tune.stopped_early"] == "true" for t in trials)
+    assert m["stopped_early"] == sum(t.data.tags["search.stopped_early"] == "true" for t in trials)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"best.yaml", "tune.png", "best.json"} <= artifacts
+    assert {"best.yaml", "search.png", "best.json"} <= artifacts
 
     # the override file is a valid DAG override: the cells it names get its values, nothing else changes
-    best = out / "tune" / "best.yaml"
+    best = out / "search" / "best.yaml"
     written = yaml.safe_load(best.read_text()) or {}
     cells = written.get("finetune_by_cell", {})
     searched = [r for r in ("bp", "frsf") if m[f"best_val/{r}"] > m[f"baseline_val/{r}"]]

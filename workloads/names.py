@@ -1,0 +1,45 @@
+"""Names shared by the stages, the tracking, the report and the tests: stages, grid axes, metrics.
+
+A metric name is a key of a stage's result and, in MLflow, a metric of the node's run (`robust_acc/eps_0.1` for
+an attack's rows). The names are plain strings (not Enum members): they go into checkpoints, which load with
+`torch.load(weights_only=True)` and so may hold only built-in types.
+"""
+
+from __future__ import annotations
+
+
+class Stage:
+    PRETRAIN = "pretrain"
+    FINETUNE = "finetune"
+    EVALUATE = "evaluate"
+    ATTACK = "attack"
+
+
+STAGES = (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE, Stage.ATTACK)  # the order they run in
+
+# what the report groups by: the tags `axis.<name>` of every node's MLflow run
+AXES = ("dataset", "backbone", "seed", "task", "rule", "attack", "source")
+
+
+class Metric:
+    # clean, from evaluation
+    TOP1 = "top1"
+    MAP = "map"
+    LOSS = "loss"
+    N = "n"
+    # per eps point of an attack
+    ROBUST_ACC = "robust_acc"
+    CLEAN_ACC = "clean_acc"
+    CLEAN_MAP = "clean_map"
+    SUCCESS_RATE = "success_rate"
+    HAMMING = "hamming"
+    LINF = "linf"
+    L2 = "l2"
+    QUERIES = "queries"
+    # minimal-perturbation (decision) attacks, the same on every row
+    MEDIAN_LINF = "median_linf"
+    MEDIAN_L2 = "median_l2"
+    FOUND = "found"
+    # diagnostics of a model under its rule
+    GRAD_COSINE = "input_grad_cosine_mean"
+    ANGLE = "angle_mean_deg"
