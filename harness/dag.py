@@ -50,6 +50,9 @@ class DatasetEntry(DataOptions):
     """Image counts for `harness plan` before the data is prepared."""
     finetune: FinetuneSettings | None = None
     """Fine-tuning settings for this dataset only (the paper: 10 epochs on ImageNet and NUS-WIDE, 20 elsewhere)."""
+    tasks: TasksSection | None = None
+    """Task options for this dataset only, e.g. {hashing: {topk: 1000}}: the field's mAP@k cut-off is 5000 for
+    NUS-WIDE and MS-COCO, 1000 for ImageNet, the whole database for CIFAR-10."""
 
     @field_validator("root")
     @classmethod
@@ -147,6 +150,11 @@ class DagConfig(TrialSettings):
             if (a.name, tuple(a.tasks)) in seen:
                 raise Invalid(key, f"attack {a.name!r} is listed twice for the same tasks; merge the entries")
             seen.add((a.name, tuple(a.tasks)))
+        for name, d in self.datasets.items():
+            for task in d.tasks.chosen() if d.tasks is not None else {}:
+                if task not in tasks:
+                    raise Invalid(f"datasets.{name}.tasks.{task}", f"this DAG does not train {task!r}; it trains "
+                                  f"{', '.join(tasks)}")
         known = {"dataset": list(self.datasets), "backbone": self.backbones, "task": tasks, "rule": self.rules}
         for pattern in self.finetune_by_cell:
             parts = pattern.split("/")
@@ -159,8 +167,12 @@ class DagConfig(TrialSettings):
                                   f"{', '.join(map(str, known[axis]))}, *")
         return self
 
-    def task_options(self) -> dict[str, Section]:
-        return self.tasks.chosen()
+    def task_options(self, dataset: str | None = None) -> dict[str, dict]:
+        """Task name -> its options, with a dataset's own (only the keys it writes) over the DAG's."""
+        own = self.datasets[dataset].tasks if dataset is not None else None
+        return {name: {**opts.model_dump(), **(own.chosen()[name].model_dump(exclude_unset=True)
+                                               if own is not None and name in own.chosen() else {})}
+                for name, opts in self.tasks.chosen().items()}
 
     def finetune_for(self, cell: dict) -> FinetuneSettings:
         """The fine-tuning settings of one cell: the DAG's, the dataset's, then the matching finetune_by_cell
@@ -203,8 +215,10 @@ def dag_model() -> type[DagConfig]:
     tasks = create_model("Tasks", __base__=TasksSection,
                          **{n: (get_task(n).Options | None, None) for n in TASKS.in_order()})
     attack = Annotated[Union[entries], Field(discriminator="name"), Kind("attack", "attacks")]  # noqa: UP007
+    dataset = create_model("Dataset", __base__=DatasetEntry, tasks=(tasks | None, None))
     return create_model(
         "Dag", __base__=DagConfig,
+        datasets=(Annotated[dict[str, dataset], Field(min_length=1)], ...),
         backbones=(list[one_of(backbones.available_backbones())], ["resnet18"]),
         rules=(list[one_of(rules.available_rules())], ["bp", "usf", "frsf", "brsf"]),
         tasks=(tasks, Field(default_factory=lambda: tasks(classification={}))),

@@ -39,11 +39,13 @@ def _fingerprint(root: str, where: str, name: str, require: bool = True) -> str:
     manifest = Path(root) / "manifest.json"
     try:
         return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if not require:
             return "unprepared"
         raise DataError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
                         f"`harness data prepare {name} --out {root}` first") from None
+    except OSError as exc:  # unreadable: permissions, a folder named manifest.json, ...
+        raise DataError(f"{where}: datasets.{name}.root: {manifest} cannot be read ({exc.strerror or exc})") from None
 
 
 def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
@@ -52,12 +54,12 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
     With require_data=False a dataset that is not prepared yet still gets its nodes (for `harness plan`); their
     keys change once it is, so nothing is taken from the store for them."""
     spec = dag.config
-    tasks = {name: {"name": name, **opts.model_dump()} for name, opts in spec.task_options().items()}
     nodes: list[Node] = []
     finetuned: dict[tuple, Node] = {}
     for ds_name, ds in spec.datasets.items():
         fingerprint = _fingerprint(ds.root, dag.path, ds_name, require_data)
-        data = ds.model_dump(exclude={"sizes", "finetune"})  # what the stages read; the rest is the plan's
+        data = ds.model_dump(exclude={"sizes", "finetune", "tasks"})  # what the stages read; the rest is the plan's
+        tasks = {name: {"name": name, **opts} for name, opts in spec.task_options(ds_name).items()}
         for backbone in spec.backbones:
             for seed in spec.seeds:
                 base = {"backbone": backbone, "seed": seed, "device": spec.device, "weights": spec.weights,

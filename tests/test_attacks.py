@@ -8,7 +8,7 @@ from datagen import write_fmnist
 from torch import nn
 
 import rules
-from workloads.attacks import AttackContext, attack, attack_checkpoint, get_attack, gradient_cosine, validate
+from workloads.attacks import ATTACKS, AttackContext, attack, attack_checkpoint, get_attack, gradient_cosine, validate
 from workloads.datasets import ShardReader, prepare
 from workloads.tasks import get_task
 from workloads.train import Loaded, finetune, load_model
@@ -124,6 +124,54 @@ def test_gradient_cosine_is_one_for_bp_and_not_for_frsf(models):
     loaded, batches, _ = models
     assert gradient_cosine(loaded["bp"], batches)["input_grad_cosine_min"] > 1 - 1e-5
     assert gradient_cosine(loaded["frsf"], batches)["input_grad_cosine_mean"] < 0.99
+
+
+def test_a_vanishing_gradient_is_counted_not_scored_zero():
+    """A confidently classified image's float32 cross-entropy gradient underflows to exactly 0: it has no direction.
+    torch's cosine_similarity scores such an image 0 (it clamps the norms), which pulled bp's cosine below 1."""
+    import rules
+    from workloads.tasks import get_task
+    from workloads.train import Loaded
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    y = torch.arange(8) % 3
+    x = torch.nn.functional.one_hot(y, 12).float().view(8, 3, 2, 2)  # image c lights feature c
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[[0, 1, 2], [0, 1, 2]] = 1e4  # a margin of 1e4: softmax is exactly one-hot in float32
+    x = torch.cat([x, x * 1e-3])  # the same images, dimmed: a margin of 10, a small but finite gradient
+    y = torch.cat([y, y])
+    loaded = Loaded(model, rules.attach(model, "bp"), get_task("classification")(3), {}, {})
+    out = gradient_cosine(loaded, [(x, y)])
+    assert out["n"] == 16 and out["vanishing"] == 8
+    assert out["input_grad_cosine_min"] == pytest.approx(1.0, abs=1e-12)  # bp: one gradient, computed twice
+    assert torch.nn.functional.cosine_similarity(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0  # the old way
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.in_order() if get_attack(n).needs_gradient_source])
+def test_every_tensor_an_attack_uses_lives_on_the_models_device(name):
+    """On a CPU-only machine, the meta device stands in for a GPU: a model and images on `meta` meet any tensor the
+    attack made on the CPU (a `.cpu()` or a factory without `device=`) in an op that refuses to mix devices. SDHA
+    did exactly that with its reference codes. An attack that must read a value (`.item()`, HAG's early stop) stops
+    there on meta, which says nothing about devices; it is checked up to that point."""
+    from workloads.tasks import get_task
+
+    torch.manual_seed(0)
+    kind = get_attack(name).tasks[0]
+    outputs = 8 if kind == "hashing" else 3
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, outputs)).to("meta").eval()
+    task = get_task(kind)(3, bits=8) if kind == "hashing" else get_task(kind)(3)
+    references = (torch.where(torch.rand(20, 8) > 0.5, 1.0, -1.0), torch.randint(0, 3, (20,)))  # host, as encode()
+    ctx = AttackContext(task, references=references if kind == "hashing" else None)
+    x, y = torch.rand(4, 3, 2, 2, device="meta"), torch.randint(0, 3, (4,), device="meta")
+    small = {k: 2 for k in ("steps",) if k in get_attack(name).params.model_fields}
+    try:
+        out = get_attack(name).build(model, 0.1, small, ctx)(x, y)
+    except (RuntimeError, NotImplementedError) as exc:
+        assert "meta" in str(exc) and "device" not in str(exc).replace("meta tensors", ""), f"{name}: {exc}"
+    else:
+        assert out.device.type == "meta"
 
 
 @pytest.mark.parametrize("name", ["hag", "sdha"])

@@ -224,3 +224,15 @@ def test_the_committed_json_schema_is_current_and_describes_every_section():
     assert "Adam learning rate of the new head" in text  # field docstrings become descriptions for editors
     for dag in sorted((ROOT / "dags").glob("*.yaml")):
         assert dag.read_text().startswith("# yaml-language-server: $schema=schema.json\n"), dag.name
+
+
+def test_a_dataset_sets_its_own_task_options_and_only_for_tasks_the_dag_trains(tmp_path):
+    dag = load_dag(ROOT / "dags" / "paper-retrieval.yaml",
+                   [f"datasets.{d}.root={tmp_path / d}" for d in ("cifar10", "nuswide21", "coco", "imagenet100")])
+    topk = {n.axes["dataset"]: n.config["task"]["topk"] for n in build_plan(dag, require_data=False)
+            if n.stage == "finetune"}
+    assert topk == {"cifar10": None, "nuswide21": 5000, "coco": 5000, "imagenet100": 1000}  # the field's mAP@k
+    spec = {"experiment": "t", "tasks": {"classification": {}},
+            "datasets": {"fm": {"root": "data/fm", "tasks": {"hashing": {"topk": 10}}}}}
+    with pytest.raises(ConfigError, match=r"datasets\.fm\.tasks\.hashing: this DAG does not train 'hashing'"):
+        load_dag(_write(tmp_path, spec))

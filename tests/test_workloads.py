@@ -184,3 +184,23 @@ def test_rule_handle_is_attached_in_loaded_models(fm, pre, tmp_path):
     path = finetune(pre, "usf", tiny(fm), tmp_path / "ft.pt", progress=False)
     loaded = load_model(path)
     assert rules.handle_of(loaded.model) is loaded.handle and loaded.handle.name == "usf"
+
+
+@pytest.mark.parametrize("classes,bits", [(5, 32), (64, 32), (70, 32), (40, 16), (30, 12)])
+def test_csq_centres_are_hadamard_rows_then_balanced_and_spread(classes, bits):
+    """DeepHash-pytorch's centres: +-Hadamard rows for the first 2K classes (K a power of two), balanced random
+    centres beyond, drawn until they are spread (min distance > K/4, mean >= K/2) where 20 draws allow it."""
+    from workloads.tasks.hashing import hadamard, hash_centers
+
+    centres = hash_centers(classes, bits, seed=3)
+    assert centres.shape == (classes, bits) and set(centres.unique().tolist()) == {-1.0, 1.0}
+    fixed = min(classes, 2 * bits) if bits & (bits - 1) == 0 else 0
+    if fixed:
+        assert torch.equal(centres[:fixed], torch.cat([hadamard(bits), -hadamard(bits)])[:fixed])
+    assert (centres[fixed:].sum(1) == 0).all()  # exactly half of each random centre's bits are -1
+    assert torch.equal(centres, hash_centers(classes, bits, seed=3))  # seeded
+    distance = (torch.cdist(centres, centres, p=1) / 2)[tuple(torch.triu_indices(classes, classes, 1))]
+    if (classes, bits) == (70, 32):  # reachable: the check holds, where the first draw of this seed fails it
+        assert distance.min() > bits / 4 and distance.mean() >= bits / 2
+        once = hash_centers(classes, bits, seed=3, tries=1)
+        assert (torch.cdist(once, once, p=1) / 2)[tuple(torch.triu_indices(classes, classes, 1))].min() <= bits / 4

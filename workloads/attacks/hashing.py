@@ -104,7 +104,8 @@ def _sdha(model, eps: float, params: SDHAParams, ctx: AttackContext):
     from workloads.tasks.metrics import relevance
 
     steps, sigma, power = params.steps, params.sigma, params.weight_power
-    refs, ref_labels = _references(ctx, params.max_references)
+    device = next(model.parameters()).device  # the references are ranked on the host; the attack runs here
+    refs, ref_labels = (t.to(device) for t in _references(ctx, params.max_references))
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         bits = refs.shape[1]

@@ -218,11 +218,14 @@ class _HashScorer:
 def gradient_cosine(target, batches: Iterable) -> dict:
     """Cosine between the input gradient the rule hands an attacker and the exact one, per image, on the batches.
 
-    1.0 for bp; near 0 means a white-box attack through the rule is close to a random direction.
+    1.0 for bp; near 0 means a white-box attack through the rule is close to a random direction. An image whose
+    gradient vanishes (a confidently classified one: its float32 cross-entropy gradient underflows to exactly 0)
+    has no direction to compare: it is counted in `vanishing`, not scored. The cosine is taken in float64 without
+    clamping the norms, so tiny gradients are compared as they are (a clamp would score them near 0).
     """
     if target.handle is None:
         raise ValueError("gradient_cosine needs the model with its rule attached (load_model(..., attach_rule=True))")
-    cos = []
+    cos, vanishing = [], 0
     device = _device(target.model)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
@@ -231,8 +234,14 @@ def gradient_cosine(target, batches: Iterable) -> dict:
             xa = x.detach().clone().requires_grad_(True)
             with ctx():
                 (g,) = torch.autograd.grad(target.task.loss(target.model(xa), y), xa)
-            grads.append(g.flatten(1))
-        cos.append(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=1))
+            grads.append(g.flatten(1).double())
+        norms = grads[0].norm(dim=1) * grads[1].norm(dim=1)
+        defined = norms > 0
+        vanishing += int((~defined).sum())
+        cos.append(((grads[0] * grads[1]).sum(1)[defined] / norms[defined]).cpu())
     c = torch.cat(cos)
+    n = len(c) + vanishing
+    if not len(c):
+        return {M.GRAD_COSINE: float("nan"), "vanishing": vanishing, "n": n}
     return {M.GRAD_COSINE: float(c.mean()), "input_grad_cosine_median": float(c.median()),
-            "input_grad_cosine_min": float(c.min()), "n": len(c)}
+            "input_grad_cosine_min": float(c.min()), "vanishing": vanishing, "n": n}

@@ -29,12 +29,26 @@ def hadamard(n: int) -> torch.Tensor:
     return h
 
 
-def hash_centers(num_classes: int, bits: int, seed: int = 0) -> torch.Tensor:
-    if bits & (bits - 1) == 0 and num_classes <= 2 * bits:
-        h = hadamard(bits)
-        return torch.cat([h, -h], 0)[:num_classes]
+def hash_centers(num_classes: int, bits: int, seed: int = 0, tries: int = 20) -> torch.Tensor:
+    """CSQ's hash centres, as DeepHash-pytorch builds them: the rows of [H; -H] (H the bits x bits Hadamard matrix,
+    when bits is a power of two) for the first 2 * bits classes; beyond those, balanced random centres (exactly half
+    the bits -1), redrawn (up to `tries` times, seeded) until every pair of centres is more than bits / 4 apart and
+    the mean pairwise distance is at least bits / 2. The last draw is kept if none passes (few bits, many classes)."""
+    power_of_two = bits & (bits - 1) == 0
+    fixed = torch.cat([hadamard(bits), -hadamard(bits)])[:num_classes] if power_of_two else torch.empty(0, bits)
+    extra = num_classes - len(fixed)
+    if extra <= 0:
+        return fixed
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 2, (num_classes, bits), generator=g).float() * 2 - 1
+    for _ in range(tries):
+        signs = torch.ones(extra, bits)
+        for row in signs:
+            row[torch.randperm(bits, generator=g)[: bits // 2]] = -1.0
+        centres = torch.cat([fixed, signs])
+        distances = torch.cdist(centres, centres, p=1)[torch.triu_indices(num_classes, num_classes, 1).unbind()] / 2
+        if distances.min() > bits / 4 and distances.mean() >= bits / 2:
+            break
+    return centres
 
 
 @register_task
