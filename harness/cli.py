@@ -306,7 +306,7 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 def _run_attack(args: argparse.Namespace) -> int:
     from harness.overrides import assign
-    from workloads.attacks import attack_checkpoint
+    from workloads.attacks import attack_checkpoint, write_outcomes
 
     params = assign({}, args.param, "harness stage attack", flag="--param")
     result = attack_checkpoint(args.checkpoint, args.attack, args.source, args.eps,
@@ -319,10 +319,12 @@ def _run_attack(args: argparse.Namespace) -> int:
               f" {r['queries']:>8.0f}")
     if result["diagnostics"]:
         print(f"rule vs exact input-gradient cosine: {result['diagnostics']['input_grad_cosine_mean']:.3f}")
+    outcomes = result.pop("outcomes")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        table = write_outcomes(outcomes, Path(args.out).with_suffix(".parquet"))
+        print(f"wrote {args.out} and the per-image outcomes {table}")
     return 0
 
 

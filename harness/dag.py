@@ -30,6 +30,7 @@ import rules
 from harness.cost import SizeHints
 from harness.overrides import assign, deep_merge, read_mapping
 from harness.raytune import TrialSettings
+from harness.verdicts import VerdictSettings
 from workloads import backbones
 from workloads.attacks import ATTACKS, GRADIENT_SOURCES, Budgets, get_attack
 from workloads.attacks.stage import AttackSample
@@ -127,6 +128,8 @@ class DagConfig(TrialSettings):
     """Fine-tuning settings for some cells only, as `harness search` writes them: {"DATASET/BACKBONE/TASK/RULE":
     {lr_head: ...}}, '*' for any; the more specific pattern wins."""
     evaluate: EvaluateSettings = EvaluateSettings()
+    verdicts: VerdictSettings = VerdictSettings()
+    """How the report decides each cell's verdict (docs/evaluation.md)."""
 
     @model_validator(mode="after")
     def _grid(self) -> DagConfig:

@@ -196,7 +196,9 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                     ran = n.key in todo_keys
                     (summary.ran if ran else summary.cached)[stage] += 1
                     if n.key not in logged:
-                        tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran)
+                        outcomes = store.outcomes_path(n.key) if stage == "attack" else None
+                        tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran,
+                                         files=[outcomes] if outcomes is not None and outcomes.is_file() else None)
         status = "FINISHED" if summary.ok else "FAILED"
         if results_dir is not None:
             summary.report = _report(tracker, dag.experiment, Path(results_dir), log)

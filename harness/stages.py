@@ -72,7 +72,7 @@ def _evaluate(node: dict, store: ArtifactStore, progress: Progress) -> dict:
 
 
 def _attack(node: dict, store: ArtifactStore, progress: Progress) -> dict:
-    from workloads.attacks import attack_checkpoint
+    from workloads.attacks import attack_checkpoint, write_outcomes
     from workloads.tasks import get_task
     from workloads.train import resolve_device
 
@@ -88,7 +88,9 @@ def _attack(node: dict, store: ArtifactStore, progress: Progress) -> dict:
 
     source = None if cfg["source"] in (None, "none") else cfg["source"]
     device = str(resolve_device(cfg["device"]))
-    return attack_checkpoint(store.model_path("finetune", inputs["model"]), cfg["attack"], source, cfg["eps"],
-                             # the gradient cosine is the evaluate stage's, once per model, not once per attack
-                             {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
-                              "device": device, "diagnostics": False}, sibling=sibling, on_row=on_row)
+    result = attack_checkpoint(store.model_path("finetune", inputs["model"]), cfg["attack"], source, cfg["eps"],
+                               # the gradient cosine is the evaluate stage's, once per model, not once per attack
+                               {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
+                                "device": device, "diagnostics": False}, sibling=sibling, on_row=on_row)
+    write_outcomes(result.pop("outcomes"), store.outcomes_path(node["key"]))  # before result.json: it marks done
+    return result

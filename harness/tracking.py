@@ -78,8 +78,10 @@ class Tracker:
             if not token:
                 return keys
 
-    def log_node(self, node: dict, record: dict | None, error: str | None = None, cached: bool = False) -> str:
-        """A child run for one stage node: its axes, config, metrics and full result; FAILED with the error if any."""
+    def log_node(self, node: dict, record: dict | None, error: str | None = None, cached: bool = False,
+                 files: list[Path] | None = None) -> str:
+        """A child run for one stage node: its axes, config, metrics, full result and `files` (an attack's
+        per-image outcomes); FAILED with the error if any."""
         tags = {"harness.kind": "node", "harness.stage": node["stage"], "harness.node_key": node["key"],
                 "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in node["axes"].items()}}
         if error:
@@ -88,13 +90,14 @@ class Tracker:
             if record else {}
         return self.log_child(node["label"], tags, {**node["axes"], **_flat(node["config"])}, metrics,
                               status="FAILED" if error else "FINISHED",
-                              attach={"result.json": record} if record else {"error.txt": error or ""})
+                              attach={"result.json": record, **{f.name: f for f in files or []}} if record
+                              else {"error.txt": error or ""})
 
     def log_child(self, name: str, tags: dict, params: dict, metrics: dict,
                   series: dict[str, list[tuple[int, float]]] | None = None, status: str = "FINISHED",
                   attach: dict[str, object] | None = None) -> str:
         """A finished child run of the parent: `series` are per-step metrics (e.g. val per epoch), `attach` files
-        (a dict is written as JSON, a string as text)."""
+        (a dict is written as JSON, a string as text, a Path copied as it is)."""
         from mlflow.entities import Metric
 
         if self.parent_id:
@@ -107,7 +110,10 @@ class Tracker:
         for i in range(0, len(points), 1000):
             self.client.log_batch(rid, metrics=points[i : i + 1000])
         for file, content in (attach or {}).items():
-            (self.client.log_text if isinstance(content, str) else self.client.log_dict)(rid, content, file)
+            if isinstance(content, Path):
+                self.client.log_artifact(rid, str(content))
+            else:
+                (self.client.log_text if isinstance(content, str) else self.client.log_dict)(rid, content, file)
         self.client.set_terminated(rid, status=status)
         return rid
 

@@ -16,6 +16,7 @@ import contextlib
 import statistics
 from collections.abc import Callable, Iterable
 
+import polars as pl
 import torch
 
 from workloads.attacks.base import GRADIENT_SOURCES, AttackContext, AttackSpec, check_eps
@@ -78,11 +79,23 @@ def encode(model: torch.nn.Module, batches: Iterable) -> tuple[torch.Tensor, tor
 def attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
            sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
            on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Attack `target` (a `workloads.train.Loaded`) at every eps of the grid; one row per eps.
+    """The rows of `run_attack` (one per eps), without the per-image table."""
+    return run_attack(target, attack_name, source, eps_grid, batches, sibling, params, seed, database, on_row)[0]
+
+
+def run_attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
+               sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
+               on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], pl.DataFrame]:
+    """Attack `target` (a `workloads.train.Loaded`) at every eps of the grid: one row per eps, and the per-image
+    outcome table: `image`, `eps`, `clean` (correct clean) and `robust` (correct clean and not broken at this or a
+    smaller eps; `robust_raw`: by this eps's own run), or for hashing `clean_ap`, `ap` and `ap_raw`; the
+    perturbation's `linf` and `l2`; `invalid` (a break the re-check refused).
 
     `sibling` (the BP-fine-tuned twin) is needed for source 'transfer'; `database` (batches of the retrieval
-    database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones.
-    `on_row` sees each row as soon as it is measured (progress for long grids).
+    database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones. Budgets run
+    in increasing order and are nested: an image broken at eps counts as broken at every larger eps. A break counts
+    only if the adversarial image passes the re-check (within eps of the clean one, inside [0, 1], scored by the
+    target in eval mode); the others are counted in `invalid`. `on_row` sees each row as soon as it is measured.
     """
     task = target.task
     spec, params = validate(attack_name, task.kind, source, eps_grid, params)
@@ -103,13 +116,11 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
     clean = [scorer.clean(x, y) for x, y in batches]
     eps_grid = check_eps(eps_grid)
     if spec.minimal:
-        rows = _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid)
-        for row in rows:
-            if on_row is not None:
-                on_row(row)
-        return rows
-    rows = []
-    for eps in eps_grid:
+        return _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
+    rows: dict[int, dict] = {}
+    tables, nested = [], None
+    for i in sorted(range(len(eps_grid)), key=lambda j: eps_grid[j]):
+        eps = eps_grid[i]
         torch.manual_seed(seed)  # random starts are reproducible
         crafting.images = 0
         craft = spec.build(crafting, eps, params, ctx) if eps > 0 else None
@@ -121,49 +132,77 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
                 with exact():
                     x_adv = craft(x, y).detach()
             delta = (x_adv - x).flatten(1)
-            per_image.append({**scorer.outcome(y, x_adv, before), M.LINF: delta.abs().amax(1), M.L2: delta.norm(dim=1)})
+            linf = delta.abs().amax(1)
+            # the re-check: float32 projection can land a hair outside the ball, hence the tolerance
+            valid = (linf <= eps * (1 + 1e-5) + 1e-6) & _inside(x_adv)
+            per_image.append({**scorer.outcome(y, x_adv, before), M.LINF: linf, M.L2: delta.norm(dim=1),
+                              "valid": valid})
         out = {k: torch.cat([o[k].cpu() for o in per_image]) for k in per_image[0]}
-        n = len(out[M.LINF])
-        rows.append({"attack": attack_name, "source": source, "eps": eps, **scorer.row(out),
-                     M.LINF: float(out[M.LINF].sum()) / n, M.L2: float(out[M.L2].sum()) / n,
-                     M.QUERIES: crafting.images / n, M.N: n})
+        out, invalid = scorer.settle(out, nested)
+        nested, n = out, len(out[M.LINF])
+        rows[i] = {"attack": attack_name, "source": source, "eps": eps, **scorer.row(out),
+                   M.LINF: float(out[M.LINF].sum()) / n, M.L2: float(out[M.L2].sum()) / n,
+                   M.QUERIES: crafting.images / n, M.N: n, "invalid": int(invalid.sum())}
+        tables.append(_table(eps, scorer.columns(out), out, invalid))
         if on_row is not None:
-            on_row(rows[-1])
-    return rows
+            on_row(rows[i])
+    return [rows[i] for i in range(len(eps_grid))], pl.concat(tables).sort("eps", "image")
 
 
-def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid) -> list[dict]:
+def _inside(x_adv: torch.Tensor) -> torch.Tensor:
+    flat = x_adv.flatten(1)
+    return (flat.amin(1) >= 0) & (flat.amax(1) <= 1)
+
+
+def _table(eps: float, outcome: dict[str, torch.Tensor], sizes: dict, invalid: torch.Tensor) -> pl.DataFrame:
+    """One eps of the per-image outcome table; `image` is the position in the attacked sample (the first n test
+    images of the target split, in shard order: the same images for every model of a dataset)."""
+    n = len(invalid)
+    return pl.DataFrame({"image": pl.Series(range(n), dtype=pl.Int32), "eps": [float(eps)] * n,
+                         **{k: v.numpy() for k, v in outcome.items()},
+                         M.LINF: sizes[M.LINF].float().numpy(), M.L2: sizes[M.L2].float().numpy(),
+                         "invalid": invalid.numpy()})
+
+
+def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row) -> tuple[list[dict], pl.DataFrame]:
     craft = spec.build(crafting, None, params, ctx)
     torch.manual_seed(ctx.seed)
     crafting.images = 0
-    linf, l2, found, ok = [], [], [], []
+    linf, l2, found, ok, outside = [], [], [], [], []
     for (x, y), before in zip(batches, clean, strict=True):
         x_adv, hit = craft(x, y)
         delta = (x_adv - x).flatten(1)
+        inside = _inside(x_adv)  # the re-check
         linf.append(delta.abs().amax(1))
         l2.append(delta.norm(dim=1))
-        found.append(hit & before)
+        found.append(hit & before & inside)
+        outside.append(hit & before & ~inside)
         ok.append(before)
-    linf, l2, found, ok = (torch.cat([v.cpu() for v in t]) for t in (linf, l2, found, ok))
+    linf, l2, found, ok, outside = (torch.cat([v.cpu() for v in t]) for t in (linf, l2, found, ok, outside))
     n = len(ok)
     medians = {M.MEDIAN_LINF: statistics.median(linf[found].tolist()) if found.any() else float("nan"),
                M.MEDIAN_L2: statistics.median(l2[found].tolist()) if found.any() else float("nan"),
                M.FOUND: float(found.sum()) / max(int(ok.sum()), 1)}
-    rows = []
+    rows, tables = [], []
+    nan = torch.full_like(linf, float("nan"))
+    sizes = {M.LINF: torch.where(found, linf, nan), M.L2: torch.where(found, l2, nan)}  # the minimal sizes found
     for eps in eps_grid:
-        fooled = found & (linf <= eps)
+        fooled = found & (linf <= eps)  # nested by construction: a minimal perturbation fits every larger eps
         k = int(fooled.sum())
         rows.append({"attack": spec.name, "source": None, "eps": eps,
                      M.ROBUST_ACC: float((ok & ~fooled).sum()) / n, M.CLEAN_ACC: float(ok.sum()) / n,
                      M.SUCCESS_RATE: k / max(int(ok.sum()), 1),
                      M.LINF: float(linf[fooled].sum()) / k if k else 0.0,
                      M.L2: float(l2[fooled].sum()) / k if k else 0.0,
-                     M.QUERIES: crafting.images / n, M.N: n, **medians})
-    return rows
+                     M.QUERIES: crafting.images / n, M.N: n, "invalid": int(outside.sum()), **medians})
+        tables.append(_table(eps, {"clean": ok, "robust": ok & ~fooled, "robust_raw": ok & ~fooled}, sizes, outside))
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows, pl.concat(tables).sort("eps", "image")
 
 
 class _ClassScorer:
-    """Per image: correct when clean, correct after the attack."""
+    """Per image: correct when clean, correct after the attack (robust: both)."""
 
     def __init__(self, target) -> None:
         self.model = target.model
@@ -176,11 +215,21 @@ class _ClassScorer:
         with torch.no_grad():
             return {"clean": before, "correct": self.model(x_adv).argmax(1) == y}
 
+    def settle(self, out: dict, nested: dict | None) -> tuple[dict, torch.Tensor]:
+        """Breaks that failed the re-check do not count (returned as `invalid`); a break at a smaller eps holds."""
+        invalid = out["clean"] & ~out["correct"] & ~out.pop("valid")
+        out["raw"] = out["clean"] & (out["correct"] | invalid)  # this budget's own result, before nesting
+        out["correct"] = (out["correct"] | invalid) & (nested["correct"] if nested is not None else True)
+        return out, invalid
+
+    def columns(self, out: dict) -> dict[str, torch.Tensor]:
+        return {"clean": out["clean"], "robust": out["clean"] & out["correct"], "robust_raw": out["raw"]}
+
     def row(self, out: dict[str, torch.Tensor]) -> dict:
         n, clean = len(out["clean"]), int(out["clean"].sum())
-        fooled = int((out["clean"] & ~out["correct"]).sum())
-        return {M.ROBUST_ACC: int(out["correct"].sum()) / n, M.CLEAN_ACC: clean / n,
-                M.SUCCESS_RATE: fooled / max(clean, 1)}
+        robust = out["clean"] & out["correct"]
+        return {M.ROBUST_ACC: int(robust.sum()) / n, M.CLEAN_ACC: clean / n,
+                M.SUCCESS_RATE: int((out["clean"] & ~robust).sum()) / max(clean, 1)}
 
 
 class _HashScorer:
@@ -207,6 +256,19 @@ class _HashScorer:
         clean_codes, clean_ap = before
         codes = _codes(self.model, x_adv)
         return {"ap": self.ap(codes, y), "clean_ap": clean_ap, "flipped": (codes != clean_codes).float().mean(1)}
+
+    def settle(self, out: dict, nested: dict | None) -> tuple[dict, torch.Tensor]:
+        """A lowered AP whose image failed the re-check is the clean AP again; AP never rises with eps."""
+        invalid = (out["ap"] < out["clean_ap"]) & ~out.pop("valid")
+        out["ap"] = torch.where(invalid, out["clean_ap"], out["ap"])
+        out["flipped"] = torch.where(invalid, 0.0, out["flipped"])
+        out["ap_raw"] = out["ap"]
+        if nested is not None:
+            out["ap"] = torch.minimum(out["ap"], nested["ap"])
+        return out, invalid
+
+    def columns(self, out: dict) -> dict[str, torch.Tensor]:
+        return {"clean_ap": out["clean_ap"], "ap": out["ap"], "ap_raw": out["ap_raw"]}
 
     def row(self, out: dict[str, torch.Tensor]) -> dict:
         n, ap, clean = len(out["ap"]), out["ap"], out["clean_ap"]

@@ -3,7 +3,9 @@
     result = attack_checkpoint("runs/ft-frsf.pt", "pgd", "exact", [0, .05, .1], {"n": 500},
                                sibling="runs/ft-bp.pt")
 
-The images are the first n of the target test split, in shard order, the same for every model.
+The images are the first n of the target test split, in shard order, the same for every model. The result's
+`outcomes` is the per-image table (polars; `run_attack` says what it holds): `write_outcomes` stores it next to
+the result as parquet, the rest of the result is plain JSON.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from workloads.attacks.run import attack, gradient_cosine, validate
+import polars as pl
+
+from workloads.attacks.run import gradient_cosine, run_attack, validate
 from workloads.errors import ConfigError
 from workloads.settings import Count, Device, Limit, Section, Seed
 from workloads.settings import validate as validate_settings
@@ -57,10 +61,20 @@ def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | No
         limit = cfg.db_limit if cfg.db_limit is not None else tc.data.db_limit
         database = make_reader(tc, db_split, tc.data.target_classes, limit, False, 500, seed)
     t0 = time.perf_counter()
-    rows = attack(target, attack_name, source, eps_grid, batches, sibling=twin, params=cfg.params, seed=seed,
-                  database=database, on_row=on_row)
+    rows, outcomes = run_attack(target, attack_name, source, eps_grid, batches, sibling=twin, params=cfg.params,
+                                seed=seed, database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
     diagnostics = gradient_cosine(target, batches[:1]) if cfg.diagnostics and target.handle is not None else {}
     return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": attack_name,
             "source": source, "metric": target.task.attack_metric, "rows": rows, "diagnostics": diagnostics,
-            "seconds": seconds, "seed": seed}
+            "seconds": seconds, "seed": seed, "outcomes": outcomes}
+
+
+def write_outcomes(outcomes: pl.DataFrame, path: str | Path) -> Path:
+    """The per-image table as parquet, written to a temporary name and renamed (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    outcomes.write_parquet(tmp)
+    tmp.replace(path)
+    return path

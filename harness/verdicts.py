@@ -1,0 +1,318 @@
+"""Per-cell verdicts from per-image outcomes, by a checklist declared before the numbers are seen (docs/evaluation.md).
+
+A cell is one fine-tuned classifier: dataset x backbone x task x rule x seed. Its evidence is the per-image outcome
+table of every attack run on it (`workloads.attacks.run_attack`: `image`, `eps`, `clean`, `robust`, `robust_raw`)
+and the same for its bp sibling. At the primary budget:
+
+- an image is robust when it is classified correctly clean and every attack counted at that budget failed on it
+  (an attack counts with its largest budget <= the primary one: budgets are nested); the worst case over all
+  attacks and gradient sources is the headline number;
+- comparisons with bp use only the attacks run on both, on the images both saw;
+- checks: sanity (must pass, else the cell is invalid), then the signs of gradient obfuscation;
+- verdicts, in order of precedence: invalid; robust beyond bp; gradient obfuscation; no gain over bp;
+  inconclusive. The deciding tests are Holm-corrected over the cells of a report.
+Every check is a named function returning the numbers it decided on; the report prints them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from harness import stats
+from workloads.settings import Section
+
+MODEL = ("dataset", "backbone", "task", "rule", "seed")
+ATTACK = ("attack", "source")
+INVALID, BEYOND, OBFUSCATION, NO_GAIN, INCONCLUSIVE = (
+    "invalid", "robust beyond bp", "gradient obfuscation", "no gain over bp", "inconclusive")
+
+
+class VerdictSettings(Section):
+    primary: dict[str, Annotated[float, Field(ge=0, le=1)]] = {"classification": 0.1}
+    """Task -> the L-inf budget its verdict is decided at (the other budgets are descriptive)."""
+    delta: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """The margin: a difference of accuracy smaller than this is "no difference"."""
+    bp_broken_below: Annotated[float, Field(gt=0, le=1)] = 0.10
+    """Sanity: the strongest attack at the largest budget must take bp below this accuracy."""
+
+
+@dataclass
+class Estimate:
+    """A proportion with its Wilson 95% interval and its n."""
+
+    k: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return stats.wilson(self.k, self.n)
+
+    def __str__(self) -> str:
+        lo, hi = self.interval
+        return f"{self.value:.1%} [{lo:.1%}, {hi:.1%}] (n={self.n})"
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: the attacks it needs did not run
+    detail: str
+
+
+@dataclass
+class Cell:
+    model: dict
+    clean: Estimate
+    worst: Estimate
+    broken_by: str
+    own: Estimate | None  # the worst case over the attacks that use the model's own (rule) gradient
+    bp_worst: Estimate | None
+    checks: list[Check]
+    tests: dict[str, float] = field(default_factory=dict)  # family -> raw p-value of the deciding test
+    needed: int | None = None  # images that would decide an inconclusive cell
+    verdict: str = INCONCLUSIVE
+    line: str = ""
+
+
+def at_budget(outcomes: pl.DataFrame, eps: float, column: str = "robust") -> pl.DataFrame:
+    """Per model, attack and image: `column` at the attack's largest budget <= eps (nested budgets)."""
+    below = outcomes.filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
+    top = below.group_by([*MODEL, *ATTACK]).agg(pl.col("eps").max().alias("_top"))
+    return (below.join(top, on=[*MODEL, *ATTACK]).filter(pl.col("eps") == pl.col("_top"))
+            .select([*MODEL, *ATTACK, "image", "clean", column]))
+
+
+def _vector(df: pl.DataFrame, column: str = "robust") -> np.ndarray:
+    return df.sort("image")[column].to_numpy()
+
+
+def worst_case(at: pl.DataFrame, attacks: list[tuple] | None = None, images: set | None = None) -> tuple[
+        Estimate, str, pl.DataFrame]:
+    """One model's worst case at a budget: robust per image over all (or the given) attacks; which attack broke most."""
+    if attacks is not None:
+        at = at.join(pl.DataFrame(attacks, schema=list(ATTACK), orient="row"), on=list(ATTACK), how="semi")
+    if images is not None:
+        at = at.filter(pl.col("image").is_in(sorted(images)))
+    per_image = at.group_by("image").agg(pl.col("clean").all(), pl.col("robust").all()).sort("image")
+    breaks = (at.filter(pl.col("clean") & ~pl.col("robust")).group_by(ATTACK).len().sort("len", descending=True))
+    by = ", ".join(f"{r['attack']}/{r['source']} {r['len']}" for r in breaks.head(3).iter_rows(named=True)) or "none"
+    return Estimate(int(per_image["robust"].sum()), len(per_image)), by, per_image
+
+
+def _pair(at: pl.DataFrame, attack: tuple, other: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two attacks' robust vectors on the images both saw, or None if one did not run."""
+    a = at.filter((pl.col("attack") == attack[0]) & (pl.col("source") == attack[1]))
+    b = at.filter((pl.col("attack") == other[0]) & (pl.col("source") == other[1]))
+    if a.is_empty() or b.is_empty():
+        return None
+    shared = set(a["image"].to_list()) & set(b["image"].to_list())
+    return (_vector(a.filter(pl.col("image").is_in(sorted(shared)))),
+            _vector(b.filter(pl.col("image").is_in(sorted(shared)))))
+
+
+def _algorithms(at: pl.DataFrame, *sources: str) -> list[str]:
+    """Attacks run with every one of `sources` on this model."""
+    have = {tuple(r) for r in at.select(ATTACK).unique().iter_rows()}
+    return sorted({a for a, _ in have if all((a, s) in have for s in sources)})
+
+
+# ---- sanity checks: a cell that fails one is invalid -------------------------------------------------------------
+def check_bp_gradients_agree(bp_at: pl.DataFrame, cosine: float | None) -> Check:
+    """bp attaches no hook: its rule and exact gradients are one computation, so their attacks must agree."""
+    mismatched = total = 0
+    for alg in _algorithms(bp_at, "rule", "exact"):
+        a, b = _pair(bp_at, (alg, "rule"), (alg, "exact"))
+        mismatched, total = mismatched + int((a != b).sum()), total + len(a)
+    parts = [f"{mismatched} of {total} outcomes differ between bp's rule and exact attacks"] if total else []
+    if cosine is not None and not math.isnan(cosine):
+        parts.append(f"cosine {cosine:.6f}")
+    if not parts:
+        return Check("bp gradients agree", None, "no attack ran on bp with both the rule and the exact gradient")
+    ok = (mismatched <= 0.01 * total) and (cosine is None or math.isnan(cosine) or cosine >= 0.999)
+    return Check("bp gradients agree", ok, "; ".join(parts))
+
+
+def check_exact_not_weaker(at: pl.DataFrame, delta: float) -> Check:
+    """The exact gradient of the same algorithm is at least as strong as the rule's, within delta."""
+    worst = None
+    for alg in _algorithms(at, "rule", "exact"):
+        rule, exact = _pair(at, (alg, "rule"), (alg, "exact"))
+        p = stats.greater_by(exact, rule, delta)
+        if worst is None or p < worst[1]:
+            worst = (alg, p, exact.mean(), rule.mean())
+    if worst is None:
+        return Check("exact gradient not weaker", None, "no algorithm ran with both the rule and the exact gradient")
+    alg, p, e, r = worst
+    return Check("exact gradient not weaker", p >= stats.ALPHA,
+                 f"{alg}: exact {e:.1%} vs rule {r:.1%} (p={p:.3g} that exact is weaker by more than {delta:g})")
+
+
+def check_accuracy_falls_with_eps(outcomes: pl.DataFrame) -> Check:
+    """A budget's own run must not be significantly more accurate than a smaller budget's (a broken attack)."""
+    worst = None
+    for key, df in outcomes.group_by(ATTACK):
+        grid = sorted(df["eps"].unique().to_list())
+        for small, large in zip(grid, grid[1:], strict=False):
+            a = _vector(df.filter(pl.col("eps") == large), "robust_raw")
+            b = _vector(df.filter(pl.col("eps") == small), "robust_raw")
+            p = stats.mcnemar_greater(a, b)
+            if worst is None or p < worst[1]:
+                worst = (f"{key[0]}/{key[1]} eps {small:g} -> {large:g}", p, b.mean(), a.mean())
+    if worst is None:
+        return Check("accuracy falls with eps", None, "no attack ran at two budgets")
+    where, p, before, after = worst
+    return Check("accuracy falls with eps", p >= stats.ALPHA, f"largest rise: {where}, {before:.1%} -> {after:.1%} "
+                 f"(p={p:.3g})")
+
+
+def check_bp_broken(bp_outcomes: pl.DataFrame, below: float) -> Check:
+    """The strongest attack at the largest budget in the grid takes bp near 0: the attacks can break a model."""
+    if bp_outcomes.is_empty():
+        return Check("attacks break bp", None, "no attack ran on bp")
+    top = float(bp_outcomes["eps"].max())
+    worst, by, _ = worst_case(at_budget(bp_outcomes, top))
+    return Check("attacks break bp", worst.value < below, f"bp's worst case at eps {top:g}: {worst} by {by}")
+
+
+# ---- signs of obfuscation (Athalye et al. 2018) ------------------------------------------------------------------
+def sign_rule_above_exact(at: pl.DataFrame) -> Check:
+    best = None
+    for alg in _algorithms(at, "rule", "exact"):
+        rule, exact = _pair(at, (alg, "rule"), (alg, "exact"))
+        p = stats.mcnemar_greater(rule, exact)
+        if best is None or p < best[1]:
+            best = (alg, p, rule.mean(), exact.mean())
+    if best is None:
+        return Check("rule gradient above exact", None, "no algorithm ran with both gradients")
+    alg, p, r, e = best
+    return Check("rule gradient above exact", p < stats.ALPHA, f"{alg}: rule {r:.1%} vs exact {e:.1%} (p={p:.3g})")
+
+
+def sign_transfer_or_blackbox_stronger(at: pl.DataFrame, families: dict[str, str]) -> Check:
+    rule_side = [(a, s) for a, s in at.select(ATTACK).unique().iter_rows() if s == "rule"]
+    other = [(a, s) for a, s in at.select(ATTACK).unique().iter_rows()
+             if s == "transfer" or families.get(a) in ("score", "decision")]
+    best = None
+    for r in rule_side:
+        for o in other:
+            pair = _pair(at, r, o)
+            if pair is not None:
+                p = stats.mcnemar_greater(*pair)
+                if best is None or p < best[1]:
+                    best = (r, o, p, pair[0].mean(), pair[1].mean())
+    if best is None:
+        return Check("transfer or black-box stronger", None, "no transfer or black-box attack beside a rule one")
+    r, o, p, ra, oa = best
+    return Check("transfer or black-box stronger", p < stats.ALPHA,
+                 f"{o[0]}/{o[1]} {oa:.1%} vs {r[0]}/rule {ra:.1%} (p={p:.3g})")
+
+
+def sign_single_step_stronger(at: pl.DataFrame, single_step: set[str]) -> Check:
+    best = None
+    have = {a for a, s in at.select(ATTACK).unique().iter_rows() if s == "rule"}
+    for one in have & single_step:
+        for many in have - single_step:
+            pair = _pair(at, (many, "rule"), (one, "rule"))
+            p = stats.mcnemar_greater(*pair)
+            if best is None or p < best[1]:
+                best = (one, many, p, pair[1].mean(), pair[0].mean())
+    if best is None:
+        return Check("single step stronger than iterative", None, "no single-step and iterative rule attacks")
+    one, many, p, oa, ma = best
+    return Check("single step stronger than iterative", p < stats.ALPHA,
+                 f"{one} {oa:.1%} vs {many} {ma:.1%}, rule gradient (p={p:.3g})")
+
+
+def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSettings, families: dict[str, str],
+           single_step: set[str], cosine: float | None = None) -> Cell:
+    """The checks and the deciding tests of one cell (not yet its verdict: that waits for Holm over all cells)."""
+    def of(m: dict) -> pl.DataFrame:
+        return outcomes.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
+
+    mine, bps = of(model), of(bp)
+    eps = settings.primary[model["task"]]
+    at, bp_at = at_budget(mine, eps), at_budget(bps, eps)
+    clean = at.group_by("image").agg(pl.col("clean").all())
+    worst, by, _ = worst_case(at)
+    own = [(a, s) for a, s in at.select(ATTACK).unique().iter_rows() if s == "rule"]
+    cell = Cell(model, Estimate(int(clean["clean"].sum()), len(clean)), worst, by,
+                worst_case(at, own)[0] if own else None, None, [])
+    cell.checks = [check_bp_gradients_agree(bp_at, cosine), check_exact_not_weaker(at, settings.delta),
+                   check_accuracy_falls_with_eps(mine), check_bp_broken(bps, settings.bp_broken_below),
+                   sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
+                   sign_single_step_stronger(at, single_step)]
+    shared = {tuple(r) for r in at.select(ATTACK).unique().iter_rows()} & \
+             {tuple(r) for r in bp_at.select(ATTACK).unique().iter_rows()}
+    if model["rule"] == "bp" or not shared:
+        return cell
+    images = set(at["image"].to_list()) & set(bp_at["image"].to_list())
+    mine_w, _, per_mine = worst_case(at, sorted(shared), images)
+    bp_w, _, per_bp = worst_case(bp_at, sorted(shared), images)
+    cell.bp_worst = bp_w
+    r, b = per_mine["robust"].to_numpy(), per_bp["robust"].to_numpy()
+    cell.tests = {BEYOND: stats.greater_by(r, b, settings.delta), NO_GAIN: stats.equivalent(r, b, settings.delta)}
+    obfuscation = [stats.greater_by(*_pair(at, (alg, "rule"), (alg, "exact")), settings.delta)
+                   for alg in _algorithms(at, "rule", "exact")]
+    if obfuscation:
+        cell.tests[OBFUSCATION] = min(obfuscation)
+    cell.needed = stats.images_to_decide(r, b, settings.delta)
+    return cell
+
+
+def decide(cells: list[Cell], settings: VerdictSettings) -> list[Cell]:
+    """Each cell's verdict, its deciding tests Holm-corrected over the cells, and its line."""
+    adjusted: dict[tuple[int, str], float] = {}
+    for family in (BEYOND, OBFUSCATION, NO_GAIN):
+        which = [i for i, c in enumerate(cells) if family in c.tests]
+        for i, p in zip(which, stats.holm([cells[i].tests[family] for i in which]), strict=True):
+            adjusted[(i, family)] = p
+    for i, c in enumerate(cells):
+        holds = {f: adjusted.get((i, f), 1.0) < stats.ALPHA for f in (BEYOND, OBFUSCATION, NO_GAIN)}
+        failed = [ch for ch in c.checks[:4] if ch.passed is False]
+        if c.model["rule"] == "bp":
+            c.verdict = "baseline"
+        elif failed:
+            c.verdict = INVALID
+        elif holds[BEYOND]:
+            c.verdict = BEYOND
+        elif holds[OBFUSCATION]:
+            c.verdict = OBFUSCATION
+        elif holds[NO_GAIN]:
+            c.verdict = NO_GAIN
+        else:
+            c.verdict = INCONCLUSIVE
+        c.line = _line(c, failed, {f: adjusted.get((i, f)) for f in (BEYOND, OBFUSCATION, NO_GAIN)}, settings)
+    return cells
+
+
+def _line(c: Cell, failed: list[Check], p: dict, settings: VerdictSettings) -> str:
+    m = c.model
+    head = f"**{m['rule']}** ({m['dataset']}/{m['backbone']}/{m['task']}, this model: seed {m['seed']}): {c.verdict}"
+    if c.verdict == INVALID:
+        return head + " (" + "; ".join(f"{ch.name} failed: {ch.detail}" for ch in failed) + ")"
+    text = f"{head}. Worst case {c.worst}, most breaks by {c.broken_by}"
+    if c.own is not None and c.model["rule"] != "bp":
+        text += f"; its own gradient says {c.own.value:.1%}"
+        if c.own.value > c.worst.value:
+            text += f" (overstated by {c.own.value - c.worst.value:.1%})"
+    if c.bp_worst is not None:
+        text += f"; bp on the same attacks and images {c.bp_worst}"
+    decided = {BEYOND: BEYOND, OBFUSCATION: OBFUSCATION, NO_GAIN: NO_GAIN}.get(c.verdict)
+    if decided and p.get(decided) is not None:
+        text += f" (Holm-adjusted p={p[decided]:.3g}, margin {settings.delta:g})"
+    signs = [ch.name for ch in c.checks[4:] if ch.passed]
+    if signs:
+        text += "; signs of obfuscation: " + ", ".join(signs)
+    if c.verdict == INCONCLUSIVE and c.needed:
+        text += f"; about {c.needed} images would decide it"
+    return text + "."

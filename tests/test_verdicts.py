@@ -1,0 +1,151 @@
+"""The checklist and the verdicts, on synthetic per-image outcome tables whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from harness import stats
+from harness.verdicts import (
+    BEYOND,
+    INCONCLUSIVE,
+    INVALID,
+    NO_GAIN,
+    OBFUSCATION,
+    Cell,
+    Check,
+    Estimate,
+    VerdictSettings,
+    assess,
+    at_budget,
+    decide,
+    worst_case,
+)
+
+FAMILIES = {"fgsm": "gradient", "pgd": "gradient", "apgd": "gradient", "hsja": "decision", "boundary": "decision"}
+SINGLE = {"fgsm"}
+SETTINGS = VerdictSettings()
+CELL = {"dataset": "d", "backbone": "b", "task": "classification", "seed": 0}
+
+
+def robust_first(n: int, share: float) -> np.ndarray:
+    """The first share * n images robust (so two shares of one n are nested, as attacks on one model tend to be)."""
+    return np.arange(n) < round(share * n)
+
+
+def table(rule: str, attacks: dict[tuple[str, str], dict[float, float]], n: int = 200,
+          clean: float = 1.0, raw: dict | None = None) -> pl.DataFrame:
+    """Outcomes of `rule`'s model: (attack, source) -> eps -> share of images robust (the first ones)."""
+    rows = []
+    ok = robust_first(n, clean)
+    for (attack, source), grid in attacks.items():
+        for eps, share in grid.items():
+            robust = robust_first(n, share) & ok
+            own = robust_first(n, raw[attack, source, eps]) if (attack, source, eps) in (raw or {}) else robust
+            rows.append(pl.DataFrame({**{k: [v] * n for k, v in CELL.items()}, "rule": [rule] * n,
+                                      "attack": [attack] * n, "source": pl.Series([source] * n, dtype=pl.String),
+                                      "image": range(n),
+                                      "eps": [float(eps)] * n, "clean": ok, "robust": robust, "robust_raw": own}))
+    return pl.concat(rows)
+
+
+def verdict_of(rule_attacks: dict, bp_attacks: dict, n: int = 200, **kw) -> Cell:
+    outcomes = pl.concat([table("frsf", rule_attacks, n, **kw), table("bp", bp_attacks, n)])
+    cells = [assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)]
+    return decide(cells, SETTINGS)[0]
+
+
+BP = {("pgd", "rule"): {0: 1.0, 0.1: 0.0}, ("pgd", "exact"): {0: 1.0, 0.1: 0.0}}
+
+
+def test_robust_through_its_own_gradient_only_is_gradient_obfuscation():
+    cell = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.55}, ("pgd", "exact"): {0: 1.0, 0.1: 0.0},
+                       ("pgd", "transfer"): {0: 1.0, 0.1: 0.02}}, BP)
+    assert cell.verdict == OBFUSCATION, cell.line
+    assert cell.worst.value == 0.0 and cell.own.value == 0.55 and "overstated by 55.0%" in cell.line
+    signs = {c.name: c.passed for c in cell.checks}
+    assert signs["rule gradient above exact"] and signs["transfer or black-box stronger"]
+
+
+def test_robust_under_exact_gradients_too_is_robust_beyond_bp():
+    cell = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.6}, ("pgd", "exact"): {0: 1.0, 0.1: 0.5}}, BP)
+    assert cell.verdict == BEYOND and cell.worst.value == 0.5 and cell.bp_worst.value == 0.0, cell.line
+
+
+def test_the_same_worst_case_as_bp_is_no_gain():
+    same = {("pgd", "rule"): {0: 1.0, 0.1: 0.02}, ("pgd", "exact"): {0: 1.0, 0.1: 0.02}}
+    cell = verdict_of(same, same)
+    assert cell.verdict == NO_GAIN, cell.line
+
+
+def test_a_small_sample_is_inconclusive_and_says_how_many_images_would_decide():
+    cell = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.1}, ("pgd", "exact"): {0: 1.0, 0.1: 0.1}},
+                      {("pgd", "rule"): {0: 1.0, 0.1: 0.0}, ("pgd", "exact"): {0: 1.0, 0.1: 0.0}}, n=20)
+    assert cell.verdict == INCONCLUSIVE and cell.needed and cell.needed > 20, cell.line
+    assert f"about {cell.needed} images would decide it" in cell.line
+
+
+@pytest.mark.parametrize("broken,rule_attacks,bp_attacks,raw", [
+    ("bp gradients agree", {("pgd", "rule"): {0: 1.0, 0.1: 0.3}},
+     {("pgd", "rule"): {0: 1.0, 0.1: 0.0}, ("pgd", "exact"): {0: 1.0, 0.1: 0.2}}, None),
+    ("exact gradient not weaker", {("pgd", "rule"): {0: 1.0, 0.1: 0.1}, ("pgd", "exact"): {0: 1.0, 0.1: 0.6}},
+     BP, None),
+    ("attacks break bp", {("pgd", "rule"): {0: 1.0, 0.1: 0.5}},
+     {("pgd", "rule"): {0: 1.0, 0.1: 0.4}, ("pgd", "exact"): {0: 1.0, 0.1: 0.4}}, None),
+    ("accuracy falls with eps", {("pgd", "rule"): {0: 1.0, 0.05: 0.1, 0.1: 0.1}}, BP, {("pgd", "rule", 0.1): 0.8}),
+])
+def test_a_failed_sanity_check_makes_the_cell_invalid_and_says_which(broken, rule_attacks, bp_attacks, raw):
+    cell = verdict_of(rule_attacks, bp_attacks, raw=raw)
+    assert cell.verdict == INVALID and f"{broken} failed" in cell.line, cell.line
+    assert [c.name for c in cell.checks[:4] if c.passed is False] == [broken]
+
+
+def test_budgets_are_nested_an_attack_counts_with_its_largest_budget_below_the_primary_one():
+    # apgd ran only up to 0.05 and broke every image there: it counts at the primary 0.1 too
+    outcomes = table("frsf", {("pgd", "rule"): {0: 1.0, 0.1: 0.7}, ("apgd", "exact"): {0: 1.0, 0.05: 0.0}})
+    worst, by, _ = worst_case(at_budget(outcomes, 0.1))
+    assert worst.value == 0.0 and by.startswith("apgd/exact 200")
+
+
+def test_comparisons_use_the_attacks_run_on_both_but_the_headline_uses_all():
+    mine = {("pgd", "rule"): {0: 1.0, 0.1: 0.6}, ("pgd", "exact"): {0: 1.0, 0.1: 0.6},
+            ("hsja", None): {0: 1.0, 0.1: 0.0}}  # a black-box attack bp never faced breaks everything
+    cell = verdict_of(mine, BP)
+    assert cell.worst.value == 0.0  # the headline: every attack run on the model
+    assert cell.verdict == BEYOND and cell.bp_worst.value == 0.0, cell.line  # decided on pgd alone, shared
+
+
+def test_bps_worst_case_comes_from_its_strongest_algorithm():
+    bp = {("pgd", "rule"): {0: 1.0, 0.1: 0.3}, ("pgd", "exact"): {0: 1.0, 0.1: 0.3},
+          ("apgd", "exact"): {0: 1.0, 0.1: 0.0}}
+    cell = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.35}, ("pgd", "exact"): {0: 1.0, 0.1: 0.3},
+                       ("apgd", "exact"): {0: 1.0, 0.1: 0.0}}, bp)
+    assert cell.bp_worst.value == 0.0 and cell.verdict == NO_GAIN, cell.line
+
+
+def test_holm_over_cells_turns_a_lone_significance_into_inconclusive():
+    def cell(p: float) -> Cell:
+        c = Cell({**CELL, "rule": "frsf"}, Estimate(10, 10), Estimate(5, 10), "pgd/exact 5", None, None,
+                 [Check("x", True, "")] * 4)
+        c.tests = {BEYOND: p}
+        return c
+
+    alone = decide([cell(0.03)], SETTINGS)
+    assert alone[0].verdict == BEYOND
+    together = decide([cell(0.03), cell(0.04)], SETTINGS)  # Holm: 0.03 * 2 = 0.06, 0.04 * 1 -> 0.06
+    assert [c.verdict for c in together] == [INCONCLUSIVE, INCONCLUSIVE]
+
+
+def test_statistics_against_known_values():
+    assert stats.wilson(100, 200) == pytest.approx((0.4314, 0.5686), abs=1e-4)
+    assert stats.wilson(0, 200)[0] == 0.0 and stats.wilson(0, 200)[1] == pytest.approx(0.0188, abs=1e-4)
+    a, b = np.array([1] * 30 + [0] * 70, bool), np.array([1] * 20 + [0] * 80, bool)
+    assert stats.mcnemar_greater(a, b) == pytest.approx(0.5 ** 10)  # 10 discordant pairs, all one way
+    assert stats.mcnemar_greater(b, a) == 1.0
+    assert stats.equivalent(a, a, 0.05) == 0.0 and stats.equivalent(a, b, 0.05) > 0.5
+    assert stats.greater_by(a, b, 0.02) < 0.05 and stats.greater_by(a, b, 0.2) > 0.5
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    lo, hi = stats.bootstrap_mean(np.linspace(0, 1, 101))
+    assert lo < 0.5 < hi and hi - lo < 0.2
+    assert stats.t_interval([0.1, 0.2, 0.3])[0] == pytest.approx(0.2 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
