@@ -165,7 +165,8 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
     tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
     summary = RunSummary(dag.experiment, str(out), uri)
     logged = tracker.logged_keys()
-    tracker.start_parent(f"run {time.strftime('%Y-%m-%d %H:%M:%S')}", {"dag": dag.path, "nodes": len(nodes)},
+    tracker.start_parent(f"run {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                         {"dag": dag.path, "nodes": len(nodes), "verdicts": dag.config.verdicts.model_dump()},
                          {"harness.dag": dag.path})
     status = "FAILED"
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 import rules
+from harness.verdicts import VerdictSettings
 from workloads.attacks import ATTACKS, GRADIENT_SOURCES, get_attack
 from workloads.errors import InputError, ServiceError
 from workloads.names import AXES, Metric, Stage
@@ -214,42 +215,97 @@ def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def verdicts(runs: pl.DataFrame) -> list[str]:
-    """Per rule: does its white-box robustness survive exact gradients and transfer from BP?"""
-    long = _eps_long(_attack_runs(runs, CLASSIFICATION, ("gradient",)), ROBUST)
-    if long.is_empty():
-        return []
-    attacks = long["attack"].unique().to_list()
-    atk = "pgd" if "pgd" in attacks else sorted(attacks)[0]
-    d = long.filter(pl.col("attack") == atk).group_by(["rule", "source", "eps"]).agg(pl.col(ROBUST).mean())
-    eps_all = sorted(e for e in d["eps"].unique().to_list() if e > 0)
-    if not eps_all:
-        return []
-    eps = 0.1 if 0.1 in eps_all else eps_all[len(eps_all) // 2]
+def load_outcomes(runs: pl.DataFrame, tracking_uri: str) -> pl.DataFrame:
+    """Every classification attack node's per-image outcomes (its MLflow artifact), with the node's axes."""
+    import tempfile
 
-    def acc(rule: str, source: str) -> float | None:
-        v = d.filter((pl.col("rule") == rule) & (pl.col("source") == source) & (pl.col("eps") == eps))
-        return None if v.is_empty() else float(v[ROBUST][0])
+    from mlflow.artifacts import download_artifacts
 
-    lines = []
-    bp = acc("bp", "exact") if acc("bp", "exact") is not None else acc("bp", "rule")
-    for rule in _rule_order(d["rule"].unique().to_list()):
-        if rule == "bp":
+    attacks = runs.filter((pl.col("stage") == Stage.ATTACK) & (pl.col("task") == CLASSIFICATION))
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in attacks.iter_rows(named=True):
+            try:
+                path = download_artifacts(run_id=r["run_id"], artifact_path="outcomes.parquet",
+                                          dst_path=f"{tmp}/{r['run_id']}", tracking_uri=tracking_uri)
+            except Exception:  # noqa: BLE001  (a run logged before outcomes were kept: it has no verdict evidence)
+                continue
+            frames.append(pl.read_parquet(path).select("image", "eps", "clean", "robust", "robust_raw")
+                          .with_columns(*[pl.lit(r[a], dtype=pl.String).alias(a) for a in AXES]))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def verdict_settings(tracking_uri: str, experiment: str) -> VerdictSettings:
+    """The `verdicts` section of the DAG the latest `harness run` ran (logged on its parent run)."""
+    import json
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    parents = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'run'", output_format="list",
+                                 order_by=["attributes.start_time DESC"], max_results=20)
+    for run in parents:
+        if "verdicts" in run.data.params:
+            return VerdictSettings.model_validate(json.loads(run.data.params["verdicts"]))
+    return VerdictSettings()
+
+
+def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: VerdictSettings) -> tuple[
+        list[str], pl.DataFrame, list[str]]:
+    """Per cell: its verdict line; a table row (clean and worst-case accuracy with intervals, each check's
+    outcome); and each check's numbers."""
+    from harness.verdicts import MODEL, assess, decide
+
+    if outcomes.is_empty():
+        return [], pl.DataFrame(), []
+    families = {n: get_attack(n).family for n in ATTACKS.in_order()}
+    single = {n for n in ATTACKS.in_order() if "steps" not in get_attack(n).params.model_fields}
+    cosine = {tuple(r[k] for k in MODEL): r.get(f"metrics.{Metric.GRAD_COSINE}")
+              for r in runs.filter(pl.col("stage") == Stage.EVALUATE).iter_rows(named=True)}
+    models = [dict(zip(MODEL, m, strict=True)) for m in outcomes.select(MODEL).unique().sort(MODEL).iter_rows()
+              if m[MODEL.index("task")] in settings.primary]
+    order = {r: i for i, r in enumerate(_rule_order([m["rule"] for m in models]))}
+    models.sort(key=lambda m: (m["dataset"], m["backbone"], m["task"], m["seed"], order[m["rule"]]))
+    cells = []
+    for m in models:
+        bp = {**m, "rule": "bp"}
+        if not any(x == bp for x in models):
             continue
-        own, exact, transfer = acc(rule, "rule"), acc(rule, "exact"), acc(rule, "transfer")
-        parts = [f"{src} {v:.1%}" for src, v in (("rule", own), ("exact", exact), ("transfer", transfer))
-                 if v is not None]
-        text = f"**{rule}** ({atk.upper()}, eps {eps:g}): robust accuracy " + ", ".join(parts)
-        if bp is not None:
-            text += f" (bp: {bp:.1%})"
-        if own is not None and exact is not None:
-            if own - exact > 0.1 and (bp is None or exact - bp < 0.1):
-                text += ". Its white-box robustness does not survive exact gradients: gradient obfuscation."
-            elif bp is not None and exact - bp >= 0.1:
-                text += ". It stays more robust than bp under exact gradients too."
-            else:
-                text += ". No robustness gain over exact gradients to explain."
-        lines.append(text)
+        cells.append(assess(outcomes, m, bp, settings, families, single, cosine.get(tuple(bp[k] for k in MODEL))))
+    cells = decide(cells, settings)
+    rows = []
+    for c in cells:
+        row = {**c.model, "verdict": c.verdict, "clean": c.clean.value, "clean_lo": c.clean.interval[0],
+               "clean_hi": c.clean.interval[1], "worst": c.worst.value, "worst_lo": c.worst.interval[0],
+               "worst_hi": c.worst.interval[1], "n": c.worst.n, "broken_by": c.broken_by,
+               "own_gradient": c.own.value if c.own else None,
+               "bp_worst": c.bp_worst.value if c.bp_worst else None}
+        row.update({ch.name: {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] if i < 4 else
+                    {True: "yes", False: "no", None: "n/a"}[ch.passed] for i, ch in enumerate(c.checks)})
+        rows.append(row)
+    lines = [c.line for c in cells if c.model["rule"] != "bp"] + _rule_lines(cells)
+    checks = [f"{c.model['rule']} ({c.model['dataset']}/{c.model['backbone']}, seed {c.model['seed']}), "
+              f"{ch.name}: {ch.detail}" for c in cells if c.model["rule"] != "bp" for ch in c.checks]
+    return lines, pl.DataFrame(rows) if rows else pl.DataFrame(), checks
+
+
+def _rule_lines(cells: list) -> list[str]:
+    """A verdict about a rule, not one model, needs three or more seeds that agree (docs/evaluation.md)."""
+    from harness.stats import t_interval
+
+    lines, groups = [], {}
+    for c in cells:
+        groups.setdefault(tuple(c.model[k] for k in ("dataset", "backbone", "task", "rule")), []).append(c)
+    for (dataset, backbone, task, rule), cs in groups.items():
+        if rule == "bp" or len(cs) < 3:
+            continue
+        verdicts = {c.verdict for c in cs}
+        lo, hi = t_interval([c.worst.value for c in cs])
+        mean = sum(c.worst.value for c in cs) / len(cs)
+        head = f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds)"
+        what = next(iter(verdicts)) if len(verdicts) == 1 else f"mixed across seeds ({', '.join(sorted(verdicts))})"
+        lines.append(f"{head}: {what}; worst case {mean:.1%} mean, t-interval [{lo:.1%}, {hi:.1%}].")
     return lines
 
 
@@ -287,7 +343,12 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     runs = load_runs(tracking_uri, experiment)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    settings = verdict_settings(tracking_uri, experiment)
+    lines, verdict_table, checks = verdict_report(runs, load_outcomes(runs, tracking_uri), settings)
+    budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in settings.primary.items())
     tables = {
+        "verdicts": (f"Verdicts at the primary budget ({budgets}; margin {settings.delta:g}): clean and worst-case "
+                     "accuracy with Wilson 95% intervals, the checklist (docs/evaluation.md)", verdict_table),
         "clean": ("Clean accuracy (top-1) and retrieval mAP", clean_table(runs)),
         "robustness": ("White-box robustness: accuracy vs eps, per gradient source", robustness_table(runs)),
         "hashing_attacks": ("Retrieval under hashing attacks: mAP vs eps", hashing_attack_table(runs)),
@@ -297,11 +358,11 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
                         diagnostics_table(runs)),
     }
     figure = robustness_figure(runs, out / "robustness.png")
-    lines = verdicts(runs)
     notes = [*attack_notes(runs), *(notes or [])]
-    md = [f"# {experiment}", "", "Written by `harness report` from MLflow; numbers are means over seeds.", ""]
+    md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Verdicts and worst cases are per model "
+          "(per seed); the tables after them are means over seeds.", ""]
     if lines:
-        md += ["## Verdict", "", *[f"- {ln}" for ln in lines], ""]
+        md += ["## Verdicts", "", *[f"- {ln}" for ln in lines], ""]
     for name, (title, df) in tables.items():
         if df.is_empty():
             continue
@@ -310,17 +371,19 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
         md += [f"## {title}", "", _markdown(df), ""]
         if name == "robustness" and figure is not None:
             md += ["![accuracy vs eps](robustness.png)", ""]
+    if checks:
+        md += ["## The checks and their numbers", "", *[f"- {c}" for c in checks], ""]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     (out / "README.md").write_text("\n".join(md))
-    return {"dir": str(out), "tables": {k: v[1] for k, v in tables.items()}, "verdicts": lines,
+    return {"dir": str(out), "tables": {k: v[1] for k, v in tables.items()}, "verdicts": lines, "checks": checks,
             "figure": str(figure) if figure else None}
 
 
 def summary_text(report: dict) -> str:
     """The main tables, for the terminal."""
     parts = []
-    for name in ("clean", "robustness", "hashing_attacks", "blackbox"):
+    for name in ("verdicts", "clean", "robustness", "hashing_attacks", "blackbox"):
         df = report["tables"][name]
         if not df.is_empty():
             with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=160, float_precision=3,

@@ -3,7 +3,7 @@
 - `wilson`: a proportion's 95% interval (an accuracy on n images);
 - `bootstrap_mean`: a mean's 95% bootstrap interval (mAP over queries);
 - `mcnemar_greater`: exact one-sided McNemar test on paired outcomes (two models or attacks on the same images);
-- `greater_by` / `equivalent`: paired tests against a margin delta (one-sided, and two one-sided tests);
+- `greater_by` / `equivalent`: paired tests against a margin delta (one-sided; and equivalence within +-delta);
 - `holm`: Holm's correction over the cells of a report;
 - `t_interval`: a mean's t-interval across training seeds;
 - `images_to_decide`: roughly how many images a test would need, if the effect seen so far held.
@@ -51,18 +51,32 @@ def mcnemar_greater(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def greater_by(a: np.ndarray, b: np.ndarray, delta: float) -> float:
-    """p-value of 'mean(a) - mean(b) > delta' on paired outcomes (a one-sided paired t-test against the margin)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(d) < 2:
+    """p-value of 'mean(a) - mean(b) > delta' (delta >= 0) on paired 0/1 outcomes. With discordant pairs only in a's
+    favour the difference is their binomial share, tested exactly; otherwise a one-sided paired t-test."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    if n == 0:
         return 1.0
-    if np.all(d == d[0]):  # no spread: the difference is known exactly
-        return 0.0 if d[0] > delta else 1.0
-    return float(stats.ttest_1samp(d, delta, alternative="greater").pvalue)
+    if only_b == 0:
+        return float(stats.binomtest(only_a, n, delta, alternative="greater").pvalue)
+    return float(stats.ttest_1samp(a.astype(float) - b, delta, alternative="greater").pvalue)
 
 
 def equivalent(a: np.ndarray, b: np.ndarray, delta: float) -> float:
-    """p-value of '|mean(a) - mean(b)| < delta' on paired outcomes: two one-sided tests (the larger p)."""
-    return max(greater_by(b, a, -delta), greater_by(a, b, -delta))
+    """p-value of '|mean(a) - mean(b)| < delta' on paired 0/1 outcomes. The difference is at most the share of
+    discordant pairs, tested exactly (valid at any n, even with no discordant pair); where the discordant pairs go
+    both ways, two one-sided t-tests too, with a Bonferroni factor for taking the better of the two."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    if n == 0:
+        return 1.0
+    bound = float(stats.binomtest(only_a + only_b, n, delta, alternative="less").pvalue)
+    if only_a == 0 or only_b == 0:
+        return bound
+    d = a.astype(float) - b
+    tost = max(float(stats.ttest_1samp(d, -delta, alternative="greater").pvalue),
+               float(stats.ttest_1samp(d, delta, alternative="less").pvalue))
+    return min(1.0, 2 * min(bound, tost))
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -89,6 +103,8 @@ def images_to_decide(a: np.ndarray, b: np.ndarray, delta: float) -> int | None:
     spread seen so far: n * (z / z_seen)^2. None where no size would (the difference sits on the margin)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n, sd = len(d), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    if n and not d.any():  # no discordant pair yet: equivalence needs (1 - delta)^n < alpha
+        return int(math.ceil(math.log(ALPHA) / math.log(1 - delta)))
     gap = min(abs(d.mean() - m) for m in (delta, -delta, 0.0)) if n else 0.0
     if n == 0 or sd == 0 or gap == 0:
         return None

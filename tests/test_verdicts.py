@@ -143,9 +143,56 @@ def test_statistics_against_known_values():
     a, b = np.array([1] * 30 + [0] * 70, bool), np.array([1] * 20 + [0] * 80, bool)
     assert stats.mcnemar_greater(a, b) == pytest.approx(0.5 ** 10)  # 10 discordant pairs, all one way
     assert stats.mcnemar_greater(b, a) == 1.0
-    assert stats.equivalent(a, a, 0.05) == 0.0 and stats.equivalent(a, b, 0.05) > 0.5
+    assert stats.equivalent(a, a, 0.05) == pytest.approx(0.95 ** 100)  # no discordant pair in 100: exactly
+    assert stats.equivalent(a[:8], a[:8], 0.05) > 0.5  # ... but 8 images cannot show a 5-point equivalence
+    assert stats.equivalent(a, b, 0.05) > 0.5
     assert stats.greater_by(a, b, 0.02) < 0.05 and stats.greater_by(a, b, 0.2) > 0.5
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     lo, hi = stats.bootstrap_mean(np.linspace(0, 1, 101))
     assert lo < 0.5 < hi and hi - lo < 0.2
     assert stats.t_interval([0.1, 0.2, 0.3])[0] == pytest.approx(0.2 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
+
+
+REAL_DAG = """
+experiment: real-verdict
+seeds: [0]
+device: cpu
+datasets:
+  fashion-mnist: {{root: {root}, source_classes: [0, 1, 2, 3, 4], target_classes: [5, 6, 7, 8, 9], pad: 2,
+                  train_limit: 2000, test_limit: 300}}
+tasks: {{classification: {{}}}}
+rules: [bp, frsf]
+pretrain: {{epochs: 1, batch_size: 64}}
+finetune: {{epochs: 1, batch_size: 64, lr_backbone: 7.4e-05, lr_head: 0.00043, weight_decay: 5.0e-05}}
+evaluate: {{diagnostic_images: 100}}
+attacks:
+  - {{name: pgd, sources: [rule, exact], eps: [0, 0.1, 0.3], n: 100, batch_size: 100, params: {{steps: 5}}}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_on_real_fashion_mnist_frsf_is_gradient_obfuscation_and_bp_agrees_with_itself(tmp_path):
+    from smokerun import harness
+
+    from workloads.datasets import prepare
+    from workloads.datasets.sources.fashion_mnist import DEBIAN_PATH
+
+    if not DEBIAN_PATH.is_dir():
+        pytest.skip("real Fashion-MNIST is not installed (`make fmnist-source`)")
+    prepare("fashion-mnist", tmp_path / "fm")
+    dag = tmp_path / "dag.yaml"
+    dag.write_text(REAL_DAG.format(root=tmp_path / "fm"))
+    done = harness("run", str(dag), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pl.read_csv(tmp_path / "results" / "diagnostics.csv")
+    bp_cos = table.filter(pl.col("rule") == "bp")["cos(rule grad, exact grad)"][0]
+    assert bp_cos >= 0.9999
+    verdicts = pl.read_csv(tmp_path / "results" / "verdicts.csv")
+    frsf = verdicts.filter(pl.col("rule") == "frsf").row(0, named=True)
+    assert frsf["verdict"] == OBFUSCATION, (tmp_path / "results" / "README.md").read_text()
+    assert frsf["bp gradients agree"] == "pass" and frsf["attacks break bp"] == "pass"
+    assert frsf["rule gradient above exact"] == "yes"
+    readme = (tmp_path / "results" / "README.md").read_text()
+    assert "gradient obfuscation" in readme and "rule gradient above exact" in readme
