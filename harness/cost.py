@@ -85,7 +85,7 @@ def _attack_passes(cfg: dict) -> float:
     if spec.family == "decision":
         per_step = 2 if cfg["attack"] == "boundary" else int(p.get("initial_gradient_eval_steps", 100))
         return n * int(p["steps"]) * per_step * FORWARD
-    steps = 1 if cfg["attack"] == "fgsm" else int(p.get("steps", p.get("queries", 100)))
+    steps = 1 if cfg["attack"] == "fgsm" else int(p.get("steps", p.get("queries", 100))) * int(p.get("restarts", 1))
     if spec.family == "score":
         return points * n * steps * FORWARD
     return points * n * (steps * GRAD + FORWARD)

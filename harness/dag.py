@@ -32,9 +32,10 @@ from harness.overrides import assign, deep_merge, read_mapping
 from harness.raytune import TrialSettings
 from harness.verdicts import VerdictSettings
 from workloads import backbones
-from workloads.attacks import ATTACKS, GRADIENT_SOURCES, Budgets, get_attack
+from workloads.attacks import ATTACKS, GRADIENT_SOURCES, Budgets, ConvergeSettings, check_eps, get_attack
 from workloads.attacks.stage import AttackSample
 from workloads.datasets.options import DataOptions
+from workloads.errors import ConfigError
 from workloads.evaluate import EvaluateSettings
 from workloads.names import STAGES
 from workloads.settings import Device, Invalid, Kind, Section, Seed, one_of, validate
@@ -84,6 +85,10 @@ class AttackEntry(AttackSample):
             self.sources = _unique(self.sources or list(GRADIENT_SOURCES), "sources")
         elif self.sources:
             raise Invalid("sources", f"{self.name!r} queries outputs only; it takes no gradient source")
+        try:
+            check_eps(self.eps, spec.norm_of(self.params))
+        except ConfigError as exc:
+            raise Invalid("eps", f"{exc} ({self.name} measures {spec.norm_of(self.params)})") from None
         return self
 
     def crafting_sources(self) -> list[str | None]:
@@ -130,6 +135,9 @@ class DagConfig(TrialSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     verdicts: VerdictSettings = VerdictSettings()
     """How the report decides each cell's verdict (docs/evaluation.md)."""
+    converge: ConvergeSettings | None = None
+    """The convergence re-run of each classifier's survivors at the primary budget (null: none; the verdicts then
+    cannot say "attack not converged" and print the check as n/a)."""
 
     @model_validator(mode="after")
     def _grid(self) -> DagConfig:

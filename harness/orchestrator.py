@@ -1,9 +1,9 @@
 """`harness run`: the DAG's stage levels, each one Ray Tune run over the nodes not yet in the artifact store.
 
-pretrain -> finetune -> evaluate -> attack. A node whose result is in the store is skipped (that is the cache and
-the resume: run the same command again after a crash). A stage that raises is recorded as FAILED (in the store and
-MLflow, with its traceback when it is a bug), the nodes that need it are skipped, every other node still runs, and
-the exit code says so; a trial whose worker died is retried `retries` times by Tune's FailureConfig.
+pretrain -> finetune -> evaluate -> attack -> converge. A node whose result is in the store is skipped (that is the
+cache and the resume: run the same command again after a crash). A stage that raises is recorded as FAILED (in the
+store and MLflow, with its traceback when it is a bug), the nodes that need it are skipped, every other node still
+runs, and the exit code says so; a trial whose worker died is retried `retries` times by Tune's FailureConfig.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out
     labels = {n.key: n.label for n in nodes}
     grid = run_trials(
         f"{stage}-{digest(sorted(labels))}", _trainable, {"key": tune.grid_search([n.key for n in nodes])},
-        stage=stage, total=len(nodes), settings=dag.config, storage=out_dir / "tune", log=log,
+        stage=stage, resources="attack" if stage == "converge" else None, total=len(nodes), settings=dag.config,
+        storage=out_dir / "tune", log=log,
         # the grid is over node keys only and the nodes travel once through the object store: Tune's per-trial
         # configs (written to every trial folder and to the experiment state) stay small
         constants={"nodes": {n.key: n.to_dict() for n in nodes}, "store_root": str(store.root)},
@@ -197,7 +198,7 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                     ran = n.key in todo_keys
                     (summary.ran if ran else summary.cached)[stage] += 1
                     if n.key not in logged:
-                        outcomes = store.outcomes_path(n.key) if stage == "attack" else None
+                        outcomes = store.outcomes_path(n.key, stage) if stage in ("attack", "converge") else None
                         tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran,
                                          files=[outcomes] if outcomes is not None and outcomes.is_file() else None)
         status = "FINISHED" if summary.ok else "FAILED"

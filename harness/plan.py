@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.dag import STAGES, Dag
+from harness.verdicts import RERUN
 from workloads.errors import DataError
 
 
@@ -49,7 +50,7 @@ def _fingerprint(root: str, where: str, name: str, require: bool = True) -> str:
 
 
 def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
-    """Every node of the DAG, stage by stage (pretrain, finetune, evaluate, attack), inputs before users.
+    """Every node of the DAG, stage by stage (pretrain, finetune, evaluate, attack, converge), inputs before users.
 
     With require_data=False a dataset that is not prepared yet still gets its nodes (for `harness plan`); their
     keys change once it is, so nothing is taken from the store for them."""
@@ -107,5 +108,33 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
                         f"{a['dataset']}/{a['backbone']}/s{a['seed']}"
                 nodes.append(Node("attack", key, label, {**a, "attack": atk.name, "source": source or "none"},
                                   cfg, inputs))
+    if spec.converge is not None:
+        nodes += _converge_nodes(spec, [n for n in nodes if n.stage == "finetune"],
+                                 [n for n in nodes if n.stage == "attack"])
     order = {s: i for i, s in enumerate(STAGES)}
     return sorted(nodes, key=lambda n: order[n.stage])  # stable: keeps grid order within a stage
+
+
+def _converge_nodes(spec, finetuned: list[Node], attacks: list[Node]) -> list[Node]:
+    """One convergence re-run per model whose task has a primary budget, reading every L-inf attack on it."""
+    from workloads.attacks import get_attack
+    from workloads.tasks import get_task
+
+    conv, out = spec.converge, []
+    for ft in finetuned:
+        a = ft.axes
+        eps = spec.verdicts.primary.get(a["task"])
+        if eps is None or get_task(a["task"]).kind not in get_attack(conv.attack).tasks:
+            continue
+        evidence = [n for n in attacks if n.inputs["model"] == ft.key
+                    and get_attack(n.config["attack"]).norm_of(n.config["params"]) == "linf"]
+        if not evidence:
+            continue
+        cfg = {"attack": conv.attack, "source": "exact", "eps": [eps], "n": max(n.config["n"] for n in evidence),
+               "batch_size": conv.batch_size, "params": conv.params, "device": spec.device}
+        inputs = {"model": ft.key, **{f"evidence {i}": n.key for i, n in enumerate(evidence)}}
+        keyed = {k: v for k, v in cfg.items() if k != "device"}
+        label = f"converge {conv.attack}/exact on {a['task']}/{a['rule']} {a['dataset']}/{a['backbone']}/s{a['seed']}"
+        out.append(Node("converge", digest({"stage": "converge", "config": keyed, "inputs": inputs}), label,
+                        {**a, "attack": RERUN + conv.attack, "source": "exact"}, cfg, inputs))
+    return out

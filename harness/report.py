@@ -1,8 +1,10 @@
 """`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure docs/protocol.md ("The report") lists.
 
-Writes `results/<experiment>/`: clean.{csv,md} (top-1 and mAP), robustness.{csv,md,png} (accuracy vs eps per
-gradient source), hashing_attacks.{csv,md}, blackbox.{csv,md}, diagnostics.{csv,md}, and README.md with all of
-them and one verdict line per rule. Reads only MLflow, so it works on a run logged to a remote server.
+Writes `results/<experiment>/`: verdicts.{csv,md}, clean.{csv,md} (top-1 and mAP), robustness.{csv,md,png}
+(accuracy vs L-inf eps per gradient source, and score-based attacks), hashing_attacks.{csv,md} and
+hashing_worst.{csv,md} (the per-query worst case, with intervals), blackbox.{csv,md}
+(L-inf decision attacks), blackbox_l2.{csv,md} (L2 ones: Boundary), diagnostics.{csv,md}, and README.md with all
+of them and one verdict line per cell. Reads only MLflow, so it works on a run logged to a remote server.
 When a node was run more than once (an eps grid changed), the latest finished run of those axes is the one shown.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 import rules
-from harness.verdicts import VerdictSettings
+from harness.verdicts import VerdictSettings, retrieval_worst_case
 from workloads.attacks import ATTACKS, GRADIENT_SOURCES, get_attack
 from workloads.errors import InputError, ServiceError
 from workloads.names import AXES, Metric, Stage
@@ -159,11 +161,23 @@ def hashing_attack_table(runs: pl.DataFrame) -> pl.DataFrame:
     return _wide(long, ["dataset", "backbone", "attack", "source", "rule"], ROBUST_MAP)
 
 
-def blackbox_table(runs: pl.DataFrame) -> pl.DataFrame:
+def _norm(row: dict) -> str:
+    """The norm an attack run's budgets were in (its spec's, or the `constraint` it ran with)."""
+    import json
+
+    constraint = row.get("param.params.constraint")
+    return get_attack(row["attack"]).norm_of({"constraint": json.loads(constraint)} if constraint else None)
+
+
+def blackbox_table(runs: pl.DataFrame, norm: str = "linf") -> pl.DataFrame:
+    """Decision-based attacks whose budgets are in `norm`: accuracy per budget, median minimal perturbations."""
     atk = _attack_runs(runs, CLASSIFICATION, ("decision",))
+    atk = atk.filter(pl.Series([_norm(r) == norm for r in atk.iter_rows(named=True)], dtype=pl.Boolean))
     if atk.is_empty():
         return pl.DataFrame()
     wide = _wide(_eps_long(atk, ROBUST), ["dataset", "backbone", "attack", "rule"], ROBUST)
+    if norm != "linf":
+        wide = wide.rename({c: c.replace("eps ", f"{norm.upper()} ") for c in wide.columns if c.startswith("eps ")})
     extra = []
     for r in atk.iter_rows(named=True):
         first = {m["metric"]: r[c] for c in atk.columns if (m := EPS_METRIC.match(c)) and r[c] is not None}
@@ -215,13 +229,15 @@ def robustness_figure(runs: pl.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def load_outcomes(runs: pl.DataFrame, tracking_uri: str) -> pl.DataFrame:
-    """Every classification attack node's per-image outcomes (its MLflow artifact), with the node's axes."""
+def load_outcomes(runs: pl.DataFrame, tracking_uri: str, task: str = "classification") -> pl.DataFrame:
+    """Every classification attack and convergence node's per-image outcomes (its MLflow artifact), with the node's
+    axes (a re-run's `attack` is `harness.verdicts.RERUN` + its attack's name)."""
     import tempfile
 
     from mlflow.artifacts import download_artifacts
 
-    attacks = runs.filter((pl.col("stage") == Stage.ATTACK) & (pl.col("task") == CLASSIFICATION))
+    attacks = runs.filter(pl.col("stage").is_in([Stage.ATTACK, Stage.CONVERGE]) & (pl.col("task") == task))
+    columns = ["clean", "robust", "robust_raw"] if get_task(task).kind == CLASSIFICATION else ["clean_ap", "ap"]
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in attacks.iter_rows(named=True):
@@ -230,7 +246,10 @@ def load_outcomes(runs: pl.DataFrame, tracking_uri: str) -> pl.DataFrame:
                                           dst_path=f"{tmp}/{r['run_id']}", tracking_uri=tracking_uri)
             except Exception:  # noqa: BLE001  (a run logged before outcomes were kept: it has no verdict evidence)
                 continue
-            frames.append(pl.read_parquet(path).select("image", "eps", "clean", "robust", "robust_raw")
+            table = pl.read_parquet(path)
+            if "norm" not in table.columns:  # written before budgets had a norm: every attack then was L-inf's
+                table = table.with_columns(pl.lit("linf").alias("norm"))
+            frames.append(table.select("image", "eps", "norm", *columns)
                           .with_columns(*[pl.lit(r[a], dtype=pl.String).alias(a) for a in AXES]))
     return pl.concat(frames) if frames else pl.DataFrame()
 
@@ -255,7 +274,7 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
         list[str], pl.DataFrame, list[str]]:
     """Per cell: its verdict line; a table row (clean and worst-case accuracy with intervals, each check's
     outcome); and each check's numbers."""
-    from harness.verdicts import MODEL, assess, decide
+    from harness.verdicts import MODEL, SIGN, assess, blackbox_strength, decide
 
     if outcomes.is_empty():
         return [], pl.DataFrame(), []
@@ -281,12 +300,16 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
                "worst_hi": c.worst.interval[1], "n": c.worst.n, "broken_by": c.broken_by,
                "own_gradient": c.own.value if c.own else None,
                "bp_worst": c.bp_worst.value if c.bp_worst else None}
-        row.update({ch.name: {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] if i < 4 else
-                    {True: "yes", False: "no", None: "n/a"}[ch.passed] for i, ch in enumerate(c.checks)})
+        row.update({ch.name: {True: "yes", False: "no", None: "n/a"}[ch.passed] if ch.kind == SIGN else
+                    {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] for ch in c.checks})
         rows.append(row)
     lines = [c.line for c in cells if c.model["rule"] != "bp"] + _rule_lines(cells)
     checks = [f"{c.model['rule']} ({c.model['dataset']}/{c.model['backbone']}, seed {c.model['seed']}), "
               f"{ch.name}: {ch.detail}" for c in cells if c.model["rule"] != "bp" for ch in c.checks]
+    for m in [m for m in models if m["rule"] == "bp"]:  # is each black-box attack strong enough to mean anything?
+        bp = outcomes.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
+        for ch in blackbox_strength(bp, settings.primary[m["task"]], families, settings.blackbox_weak_above):
+            lines.append(f"{ch.detail} ({m['dataset']}/{m['backbone']}, seed {m['seed']}).")
     return lines, pl.DataFrame(rows) if rows else pl.DataFrame(), checks
 
 
@@ -345,6 +368,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     out.mkdir(parents=True, exist_ok=True)
     settings = verdict_settings(tracking_uri, experiment)
     lines, verdict_table, checks = verdict_report(runs, load_outcomes(runs, tracking_uri), settings)
+    retrieval = retrieval_worst_case(load_outcomes(runs, tracking_uri, HASHING), settings.retrieval)
     budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in settings.primary.items())
     tables = {
         "verdicts": (f"Verdicts at the primary budget ({budgets}; margin {settings.delta:g}): clean and worst-case "
@@ -352,8 +376,12 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
         "clean": ("Clean accuracy (top-1) and retrieval mAP", clean_table(runs)),
         "robustness": ("White-box robustness: accuracy vs eps, per gradient source", robustness_table(runs)),
         "hashing_attacks": ("Retrieval under hashing attacks: mAP vs eps", hashing_attack_table(runs)),
-        "blackbox": ("Black-box (decision-based) attacks: accuracy vs eps, minimal perturbation sizes",
+        "hashing_worst": (f"Retrieval worst case at eps {settings.retrieval:g}: the mAP of each query's lowest AP over "
+                          "every hashing attack and source, with bootstrap 95% intervals over queries", retrieval),
+        "blackbox": ("Black-box (decision-based) L-inf attacks: accuracy vs eps, minimal perturbation sizes",
                      blackbox_table(runs)),
+        "blackbox_l2": ("Black-box (decision-based) L2 attacks: accuracy vs L2 budget, minimal perturbation sizes",
+                        blackbox_table(runs, "l2")),
         "diagnostics": ("Diagnostics: feedback alignment and the gradient an attacker is handed",
                         diagnostics_table(runs)),
     }
@@ -383,7 +411,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
 def summary_text(report: dict) -> str:
     """The main tables, for the terminal."""
     parts = []
-    for name in ("verdicts", "clean", "robustness", "hashing_attacks", "blackbox"):
+    for name in ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2"):
         df = report["tables"][name]
         if not df.is_empty():
             with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=160, float_precision=3,

@@ -23,7 +23,8 @@ def run_node(node: dict, store: ArtifactStore, progress: Progress | None = None,
         return store.result(stage, key)
     progress = progress or (lambda metrics: None)
     t0 = time.perf_counter()
-    runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack}[stage]
+    runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack,
+              "converge": _converge}[stage]
     result = runner(node, store, progress)
     record = {"node": node, "result": result, "seconds": time.perf_counter() - t0,
               "where": {"host": socket.gethostname(), **(where or {})}}
@@ -93,4 +94,31 @@ def _attack(node: dict, store: ArtifactStore, progress: Progress) -> dict:
                                {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
                                 "device": device, "diagnostics": False}, sibling=sibling, on_row=on_row)
     write_outcomes(result.pop("outcomes"), store.outcomes_path(node["key"]))  # before result.json: it marks done
+    return result
+
+
+def _converge(node: dict, store: ArtifactStore, progress: Progress) -> dict:
+    """The re-run on the images every L-inf attack on the model left robust at the primary budget (its `eps`)."""
+    import polars as pl
+
+    from harness.verdicts import survivors
+    from workloads.attacks import attack_checkpoint, write_outcomes
+    from workloads.train import resolve_device
+
+    cfg, inputs = node["config"], node["inputs"]
+    evidence = [pl.read_parquet(store.outcomes_path(k)) for role, k in inputs.items() if role.startswith("evidence")]
+    images = survivors(evidence, cfg["eps"][-1])
+    if images:
+        result = attack_checkpoint(store.model_path("finetune", inputs["model"]), cfg["attack"], "exact", cfg["eps"],
+                                   {"n": cfg["n"], "batch_size": cfg["batch_size"], "params": cfg["params"],
+                                    "device": str(resolve_device(cfg["device"])), "diagnostics": False,
+                                    "images": images})
+        outcomes = result.pop("outcomes")
+    else:  # every image already broken: nothing to re-run, and an empty table says so
+        outcomes = evidence[0].clear().select("image", "eps", "norm", "clean", "robust", "robust_raw", "linf", "l2",
+                                              "invalid")
+        result = {"attack": cfg["attack"], "source": "exact", "rows": [], "seconds": 0.0}
+    result.update({"survivors": len(images), "broken": int((~outcomes["robust"]).sum())})
+    progress({"eps": cfg["eps"][-1], "point": 1, "points": 1, "metric": "broken", "broken": result["broken"]})
+    write_outcomes(outcomes, store.outcomes_path(node["key"], "converge"))  # before result.json: it marks done
     return result

@@ -55,9 +55,9 @@ class ArtifactStore:
     def model_path(self, stage: str, key: str) -> Path:
         return self.node_dir(stage, key) / "model.pt"
 
-    def outcomes_path(self, key: str) -> Path:
-        """An attack node's per-image outcome table (parquet)."""
-        return self.node_dir("attack", key) / "outcomes.parquet"
+    def outcomes_path(self, key: str, stage: str = "attack") -> Path:
+        """An attack (or convergence) node's per-image outcome table (parquet)."""
+        return self.node_dir(stage, key) / "outcomes.parquet"
 
     def done(self, stage: str, key: str) -> bool:
         return (self.node_dir(stage, key) / "result.json").is_file()

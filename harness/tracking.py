@@ -160,6 +160,8 @@ def node_metrics(stage: str, result: dict) -> dict[str, float]:
                 if k not in ("attack", "source", "eps", "n") and _finite(v):
                     out[f"{k}/eps_{row['eps']:g}"] = v
         out.update({f"diag_{k}": v for k, v in result.get("diagnostics", {}).items() if _finite(v)})
+    if stage == Stage.CONVERGE:
+        out.update({k: result[k] for k in ("survivors", "broken")})
     return out
 
 

@@ -8,9 +8,10 @@ and the same for its bp sibling. At the primary budget:
   (an attack counts with its largest budget <= the primary one: budgets are nested); the worst case over all
   attacks and gradient sources is the headline number;
 - comparisons with bp use only the attacks run on both, on the images both saw;
-- checks: sanity (must pass, else the cell is invalid), then the signs of gradient obfuscation;
-- verdicts, in order of precedence: invalid; robust beyond bp; gradient obfuscation; no gain over bp;
-  inconclusive. The deciding tests are Holm-corrected over the cells of a report.
+- checks: sanity (must pass, else the cell is invalid), convergence (the re-run of the strongest exact attack on
+  the survivors must not push the worst case below its interval), then the signs of gradient obfuscation;
+- verdicts, in order of precedence: invalid or attack not converged; robust beyond bp; gradient obfuscation; no
+  gain over bp; inconclusive. The deciding tests are Holm-corrected over the cells of a report.
 Every check is a named function returning the numbers it decided on; the report prints them.
 """
 
@@ -29,8 +30,10 @@ from workloads.settings import Section
 
 MODEL = ("dataset", "backbone", "task", "rule", "seed")
 ATTACK = ("attack", "source")
-INVALID, BEYOND, OBFUSCATION, NO_GAIN, INCONCLUSIVE = (
-    "invalid", "robust beyond bp", "gradient obfuscation", "no gain over bp", "inconclusive")
+INVALID, NOT_CONVERGED, BEYOND, OBFUSCATION, NO_GAIN, INCONCLUSIVE = (
+    "invalid", "attack not converged", "robust beyond bp", "gradient obfuscation", "no gain over bp", "inconclusive")
+RERUN = "re-run "  # the convergence re-run's outcomes carry its attack's name behind this
+SANITY, CONVERGENCE, SIGN, STRENGTH = "sanity", "convergence", "sign", "strength"  # the kinds of check
 
 
 class VerdictSettings(Section):
@@ -40,6 +43,10 @@ class VerdictSettings(Section):
     """The margin: a difference of accuracy smaller than this is "no difference"."""
     bp_broken_below: Annotated[float, Field(gt=0, le=1)] = 0.10
     """Sanity: the strongest attack at the largest budget must take bp below this accuracy."""
+    retrieval: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Hashing: the L-inf budget of the per-query worst-case mAP (descriptive: retrieval has no verdict yet)."""
+    blackbox_weak_above: Annotated[float, Field(gt=0, le=1)] = 0.20
+    """An L-inf black-box attack that leaves bp above this accuracy at the primary budget is marked too weak."""
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Check:
     name: str
     passed: bool | None  # None: the attacks it needs did not run
     detail: str
+    kind: str = SANITY  # sanity (failed: invalid), convergence (failed: not converged), sign (of obfuscation)
 
 
 @dataclass
@@ -84,9 +92,14 @@ class Cell:
     line: str = ""
 
 
+def linf_only(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """The L-inf attacks' outcomes (an L2 attack's budgets are another scale: it never counts at an L-inf one)."""
+    return outcomes.filter(pl.col("norm") == "linf") if "norm" in outcomes.columns else outcomes
+
+
 def at_budget(outcomes: pl.DataFrame, eps: float, column: str = "robust") -> pl.DataFrame:
-    """Per model, attack and image: `column` at the attack's largest budget <= eps (nested budgets)."""
-    below = outcomes.filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
+    """Per model, attack and image: `column` at the attack's largest L-inf budget <= eps (nested budgets)."""
+    below = linf_only(outcomes).filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
     top = below.group_by([*MODEL, *ATTACK]).agg(pl.col("eps").max().alias("_top"))
     return (below.join(top, on=[*MODEL, *ATTACK]).filter(pl.col("eps") == pl.col("_top"))
             .select([*MODEL, *ATTACK, "image", "clean", column]))
@@ -180,11 +193,75 @@ def check_accuracy_falls_with_eps(outcomes: pl.DataFrame) -> Check:
 
 def check_bp_broken(bp_outcomes: pl.DataFrame, below: float) -> Check:
     """The strongest attack at the largest budget in the grid takes bp near 0: the attacks can break a model."""
+    bp_outcomes = linf_only(bp_outcomes)
     if bp_outcomes.is_empty():
         return Check("attacks break bp", None, "no attack ran on bp")
     top = float(bp_outcomes["eps"].max())
     worst, by, _ = worst_case(at_budget(bp_outcomes, top))
     return Check("attacks break bp", worst.value < below, f"bp's worst case at eps {top:g}: {worst} by {by}")
+
+
+def retrieval_worst_case(outcomes: pl.DataFrame, eps: float) -> pl.DataFrame:
+    """Per hashing model: clean mAP and the mAP of each query's worst AP over every attack and source at `eps`
+    (each attack at its largest budget <= eps), each with its bootstrap 95% interval over queries."""
+    below = outcomes.filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
+    top = below.group_by([*MODEL, *ATTACK]).agg(pl.col("eps").max().alias("_top"))
+    at = below.join(top, on=[*MODEL, *ATTACK]).filter(pl.col("eps") == pl.col("_top"))
+    rows = []
+    for model, df in at.sort([*MODEL, *ATTACK]).group_by(list(MODEL), maintain_order=True):
+        per_query = df.group_by("image").agg(pl.col("clean_ap").first(), pl.col("ap").min()).sort("image")
+        by = df.group_by(ATTACK).agg(pl.col("ap").mean()).sort(["ap", *ATTACK]).row(0)
+        clean, worst = per_query["clean_ap"].to_numpy(), per_query["ap"].to_numpy()
+        (clo, chi), (wlo, whi) = stats.bootstrap_mean(clean), stats.bootstrap_mean(worst)
+        rows.append({**dict(zip(MODEL, model, strict=True)), "clean mAP": float(clean.mean()), "clean_lo": clo,
+                     "clean_hi": chi, "worst mAP": float(worst.mean()), "worst_lo": wlo, "worst_hi": whi,
+                     "queries": len(per_query), "lowest by": f"{by[0]}/{by[1]} {by[2]:.3f}"})
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+# ---- convergence: the re-run of the strongest exact attack on the survivors ----------------------------------------
+def survivors(tables: list[pl.DataFrame], eps: float) -> list[int]:
+    """The images robust at L-inf budget `eps` under every one of these attack outcome tables that saw them (each
+    at its largest budget <= eps): what the convergence re-run attacks."""
+    parts = []
+    for t in tables:
+        below = linf_only(t).filter(pl.col("eps") <= eps + 1e-12)
+        if not below.is_empty():
+            parts.append(below.filter(pl.col("eps") == below["eps"].max()).select("image", "robust"))
+    if not parts:
+        return []
+    per_image = pl.concat(parts).group_by("image").agg(pl.col("robust").all())
+    return sorted(per_image.filter(pl.col("robust"))["image"].to_list())
+
+
+def check_converged(at: pl.DataFrame) -> Check:
+    """The worst case before the re-run must hold after it: within its Wilson interval (Carlini et al. 2019: an
+    evaluation whose number moves under a stronger attack had not converged)."""
+    attacks = [tuple(r) for r in at.select(ATTACK).unique().sort(ATTACK, nulls_last=True).iter_rows()]
+    reruns = [a for a in attacks if a[0].startswith(RERUN)]
+    if not reruns:
+        return Check("attack converged", None, "no convergence re-run on this model (the DAG's `converge`)",
+                     CONVERGENCE)
+    before, _, _ = worst_case(at, [a for a in attacks if a not in reruns])
+    after, _, _ = worst_case(at)
+    lo = before.interval[0]
+    return Check("attack converged", after.value >= lo,
+                 f"{reruns[0][0].removeprefix(RERUN)}/exact re-run on the {before.k} images the other attacks left "
+                 f"robust broke {before.k - after.k}: worst case {before.value:.1%} -> {after.value:.1%} "
+                 f"(interval before [{lo:.1%}, {before.interval[1]:.1%}])", CONVERGENCE)
+
+
+def blackbox_strength(bp_outcomes: pl.DataFrame, eps: float, families: dict[str, str], above: float) -> list[Check]:
+    """Each L-inf black-box (score or decision) attack's accuracy on bp at the primary budget: one that leaves bp
+    above `above` is too weak for its failures on another model to mean anything."""
+    at = at_budget(bp_outcomes, eps)
+    out = []
+    for attack in sorted({a for a in at["attack"].unique().to_list() if families.get(a) in ("score", "decision")}):
+        est, _, _ = worst_case(at.filter(pl.col("attack") == attack))
+        strong = est.value <= above
+        out.append(Check(f"{attack} strong enough", strong, f"{attack} takes bp to {est} at eps {eps:g}"
+                         + ("" if strong else f": too weak (above {above:.0%}); its failures say little"), STRENGTH))
+    return out
 
 
 # ---- signs of obfuscation (Athalye et al. 2018) ------------------------------------------------------------------
@@ -196,9 +273,10 @@ def sign_rule_above_exact(at: pl.DataFrame) -> Check:
         if best is None or p < best[1]:
             best = (alg, p, rule.mean(), exact.mean())
     if best is None:
-        return Check("rule gradient above exact", None, "no algorithm ran with both gradients")
+        return Check("rule gradient above exact", None, "no algorithm ran with both gradients", SIGN)
     alg, p, r, e = best
-    return Check("rule gradient above exact", p < stats.ALPHA, f"{alg}: rule {r:.1%} vs exact {e:.1%} (p={p:.3g})")
+    return Check("rule gradient above exact", p < stats.ALPHA, f"{alg}: rule {r:.1%} vs exact {e:.1%} (p={p:.3g})",
+                 SIGN)
 
 
 def sign_transfer_or_blackbox_stronger(at: pl.DataFrame, families: dict[str, str]) -> Check:
@@ -214,10 +292,11 @@ def sign_transfer_or_blackbox_stronger(at: pl.DataFrame, families: dict[str, str
                 if best is None or p < best[2]:
                     best = (r, o, p, pair[0].mean(), pair[1].mean())
     if best is None:
-        return Check("transfer or black-box stronger", None, "no transfer or black-box attack beside a rule one")
+        return Check("transfer or black-box stronger", None, "no transfer or black-box attack beside a rule one",
+                     SIGN)
     r, o, p, ra, oa = best
     return Check("transfer or black-box stronger", p < stats.ALPHA,
-                 f"{o[0]}/{o[1]} {oa:.1%} vs {r[0]}/rule {ra:.1%} (p={p:.3g})")
+                 f"{o[0]}/{o[1]} {oa:.1%} vs {r[0]}/rule {ra:.1%} (p={p:.3g})", SIGN)
 
 
 def sign_single_step_stronger(at: pl.DataFrame, single_step: set[str]) -> Check:
@@ -230,10 +309,11 @@ def sign_single_step_stronger(at: pl.DataFrame, single_step: set[str]) -> Check:
             if best is None or p < best[2]:
                 best = (one, many, p, pair[1].mean(), pair[0].mean())
     if best is None:
-        return Check("single step stronger than iterative", None, "no single-step and iterative rule attacks")
+        return Check("single step stronger than iterative", None, "no single-step and iterative rule attacks",
+                     SIGN)
     one, many, p, oa, ma = best
     return Check("single step stronger than iterative", p < stats.ALPHA,
-                 f"{one} {oa:.1%} vs {many} {ma:.1%}, rule gradient (p={p:.3g})")
+                 f"{one} {oa:.1%} vs {many} {ma:.1%}, rule gradient (p={p:.3g})", SIGN)
 
 
 def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSettings, families: dict[str, str],
@@ -252,6 +332,7 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
                 worst_case(at, own)[0] if own else None, None, [])
     cell.checks = [check_bp_gradients_agree(bp_at, cosine), check_exact_not_weaker(at, settings.delta),
                    check_accuracy_falls_with_eps(mine), check_bp_broken(bps, settings.bp_broken_below),
+                   check_converged(at),
                    sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
                    sign_single_step_stronger(at, single_step)]
     shared = {tuple(r) for r in at.select(ATTACK).unique().sort(ATTACK, nulls_last=True).iter_rows()} & \
@@ -281,11 +362,14 @@ def decide(cells: list[Cell], settings: VerdictSettings) -> list[Cell]:
             adjusted[(i, family)] = p
     for i, c in enumerate(cells):
         holds = {f: adjusted.get((i, f), 1.0) < stats.ALPHA for f in (BEYOND, OBFUSCATION, NO_GAIN)}
-        failed = [ch for ch in c.checks[:4] if ch.passed is False]
+        failed = [ch for ch in c.checks if ch.kind == SANITY and ch.passed is False]
+        unconverged = [ch for ch in c.checks if ch.kind == CONVERGENCE and ch.passed is False]
         if c.model["rule"] == "bp":
             c.verdict = "baseline"
         elif failed:
             c.verdict = INVALID
+        elif unconverged:
+            c.verdict, failed = NOT_CONVERGED, unconverged
         elif holds[BEYOND]:
             c.verdict = BEYOND
         elif holds[OBFUSCATION]:
@@ -301,8 +385,8 @@ def decide(cells: list[Cell], settings: VerdictSettings) -> list[Cell]:
 def _line(c: Cell, failed: list[Check], p: dict, settings: VerdictSettings) -> str:
     m = c.model
     head = f"**{m['rule']}** ({m['dataset']}/{m['backbone']}/{m['task']}, this model: seed {m['seed']}): {c.verdict}"
-    if c.verdict == INVALID:
-        return head + " (" + "; ".join(f"{ch.name} failed: {ch.detail}" for ch in failed) + ")"
+    if c.verdict in (INVALID, NOT_CONVERGED):
+        return head + " (" + "; ".join(f"{ch.name} failed: {ch.detail}" for ch in failed) + ")."
     text = f"{head}. Worst case {c.worst}, most breaks by {c.broken_by}"
     if c.own is not None and c.model["rule"] != "bp":
         text += f"; its own gradient says {c.own.value:.1%}"
@@ -313,7 +397,7 @@ def _line(c: Cell, failed: list[Check], p: dict, settings: VerdictSettings) -> s
     decided = {BEYOND: BEYOND, OBFUSCATION: OBFUSCATION, NO_GAIN: NO_GAIN}.get(c.verdict)
     if decided and p.get(decided) is not None:
         text += f" (Holm-adjusted p={p[decided]:.3g}, margin {settings.delta:g})"
-    signs = [ch.name for ch in c.checks[4:] if ch.passed]
+    signs = [ch.name for ch in c.checks if ch.kind == SIGN and ch.passed]
     if signs:
         text += "; signs of obfuscation: " + ", ".join(signs)
     if c.verdict == INCONCLUSIVE and c.needed:

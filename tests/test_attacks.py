@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 import torch
 from datagen import write_fmnist
@@ -212,8 +213,9 @@ def test_black_box_attacks_never_call_backward(classifier, no_backward, name, pa
     hooked = []
     handles = [m.register_full_backward_hook(lambda *a: hooked.append(1)) for m in loaded.model.modules()
                if isinstance(m, nn.Conv2d | nn.Linear)]
+    grid = [0.0, 1.0, 5.0] if name == "boundary" else [0.0, 0.1, 0.5]  # Boundary's budgets are L2 distances
     try:
-        rows = attack(loaded, name, None, [0.0, 0.1, 0.5], batches[:1], params=params)
+        rows = attack(loaded, name, None, grid, batches[:1], params=params)
     finally:
         for h in handles:
             h.remove()
@@ -222,7 +224,9 @@ def test_black_box_attacks_never_call_backward(classifier, no_backward, name, pa
     assert rows[-1]["robust_acc"] <= rows[1]["robust_acc"] <= rows[0]["robust_acc"]
     assert rows[-1]["queries"] > 0
     if name != "square":  # minimal attacks: the curve comes from one run, perturbations within each eps
-        assert rows[1]["linf"] <= 0.1 + 1e-6 and rows[-1]["success_rate"] > 0
+        norm = rows[1]["norm"]
+        assert norm == ("l2" if name == "boundary" else "linf")
+        assert rows[1][norm] <= grid[1] + 1e-6 and rows[-1]["success_rate"] > 0
 
 
 def test_attack_checkpoint_end_to_end(models):
@@ -239,8 +243,21 @@ def test_attack_checkpoint_end_to_end(models):
     assert again["rows"] == out["rows"] and again["diagnostics"] == {}  # seeded; the cosine is optional
     with pytest.raises(ValueError, match="needs the BP-fine-tuned sibling"):
         attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.1], {"n": 4})
-    with pytest.raises(ValueError, match="attack-stage config: images: unknown key; allowed: n, batch_size"):
-        attack_checkpoint(paths["frsf"], "pgd", "rule", [0.1], {"images": 4})
+    with pytest.raises(ValueError, match="attack-stage config: imgs: unknown key; allowed: n, batch_size"):
+        attack_checkpoint(paths["frsf"], "pgd", "rule", [0.1], {"imgs": 4})
+
+
+def test_attacking_some_images_gives_their_outcomes_of_a_run_on_all(models):
+    """The convergence re-run attacks only the survivors: their rows must be those of the same images in a full run
+    (FGSM is deterministic), and keep the images' positions in the test split."""
+    _, _, paths = models
+    full = attack_checkpoint(paths["frsf"], "fgsm", "exact", [0.1], {"n": 12, "batch_size": 5,
+                                                                    "diagnostics": False})["outcomes"]
+    some = attack_checkpoint(paths["frsf"], "fgsm", "exact", [0.1], {"images": [9, 2, 4], "batch_size": 2,
+                                                                    "diagnostics": False})["outcomes"]
+    assert some["image"].to_list() == [2, 4, 9]
+    cols = ["image", "eps", "clean", "robust", "robust_raw"]
+    assert some.select(cols).equals(full.filter(pl.col("image").is_in([2, 4, 9])).select(cols))
 
 
 def test_config_errors_come_before_compute():

@@ -71,7 +71,7 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     ({"tasks": {"segmentation": {}}}, "tasks.segmentation: unknown key; allowed: classification, hashing"),
     ({"attacks": [{"name": "pgdd", "eps": [0.1]}]}, "attacks[0].name: unknown attack 'pgdd'; known attacks: apgd"),
     ({"attacks": [{"name": "pgd", "eps": [0.1, 3]}]}, "attacks[0].eps: eps 3.0 is outside [0, 1]"),
-    ({"attacks": [{"name": "pgd"}]}, "attacks[0].eps: required: L-inf budgets in [0, 1]"),
+    ({"attacks": [{"name": "pgd"}]}, "attacks[0].eps: required: budgets in [0, 1] pixel space, in the attack's norm"),
     ({"attacks": [{"name": "boundary", "eps": [0.1], "sources": ["exact"]}]},
      "attacks[0].sources: 'boundary' queries outputs only"),
     ({"attacks": [{"name": "hag", "eps": [0.1]}]},

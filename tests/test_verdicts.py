@@ -12,14 +12,19 @@ from harness.verdicts import (
     INCONCLUSIVE,
     INVALID,
     NO_GAIN,
+    NOT_CONVERGED,
     OBFUSCATION,
+    RERUN,
     Cell,
     Check,
     Estimate,
     VerdictSettings,
     assess,
     at_budget,
+    blackbox_strength,
     decide,
+    retrieval_worst_case,
+    survivors,
     worst_case,
 )
 
@@ -124,6 +129,80 @@ def test_bps_worst_case_comes_from_its_strongest_algorithm():
     assert cell.bp_worst.value == 0.0 and cell.verdict == NO_GAIN, cell.line
 
 
+OBFUSCATED = {("pgd", "rule"): {0: 1.0, 0.1: 0.6}, ("pgd", "exact"): {0: 1.0, 0.1: 0.3}}
+
+
+def rerun(rule: str, before: float, after: float, n: int = 200) -> pl.DataFrame:
+    """The convergence re-run's outcomes: only the images every other attack left robust (the first before * n),
+    of which the first after * n stay robust."""
+    t = table(rule, {(RERUN + "apgd", "exact"): {0.1: after}}, n)
+    return t.filter(pl.col("image") < round(before * n))
+
+
+def with_rerun(before: float, after: float) -> Cell:
+    outcomes = pl.concat([table("frsf", OBFUSCATED), rerun("frsf", before, after), table("bp", BP),
+                          rerun("bp", 0.0, 0.0)])
+    cells = [assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)]
+    return decide(cells, SETTINGS)[0]
+
+
+def test_a_re_run_that_moves_the_worst_case_below_its_interval_is_attack_not_converged():
+    cell = with_rerun(0.3, 0.1)  # 30% [24%, 37%] of 200 -> 10%
+    assert cell.verdict == NOT_CONVERGED, cell.line
+    assert "attack converged failed: apgd/exact re-run on the 60 images the other attacks left robust broke 40" \
+        in cell.line
+    assert cell.worst.value == 0.1  # the headline is the worst case with the re-run
+
+
+def test_a_re_run_within_the_interval_leaves_the_verdict_to_the_other_tests():
+    cell = with_rerun(0.3, 0.29)  # two more breaks out of 60
+    converged = next(c for c in cell.checks if c.name == "attack converged")
+    assert converged.passed and cell.verdict == BEYOND, cell.line
+    assert next(c for c in with_rerun(0.3, 0.3).checks if c.name == "attack converged").passed
+
+
+def test_no_re_run_leaves_the_convergence_check_not_applicable():
+    cell = verdict_of(OBFUSCATED, BP)
+    assert next(c for c in cell.checks if c.name == "attack converged").passed is None
+
+
+def test_survivors_are_the_images_robust_under_every_attack_that_saw_them_at_its_top_budget_below_eps():
+    pgd = table("frsf", {("pgd", "exact"): {0: 1.0, 0.05: 0.5, 0.1: 0.3}}, n=10)  # images 0-2 robust at 0.1
+    fgsm = table("frsf", {("fgsm", "exact"): {0: 1.0, 0.05: 0.5}}, n=4)  # saw 4 images; 0, 1 robust at 0.05
+    big = table("frsf", {("fgsm", "exact"): {0.2: 0.0}}, n=10)  # above the budget: does not count
+    assert survivors([pgd, fgsm, big], 0.1) == [0, 1]
+    assert survivors([pgd], 0.05) == [0, 1, 2, 3, 4]
+
+
+def test_an_l2_attack_never_counts_at_an_l_inf_budget():
+    l2 = table("frsf", {("boundary", None): {0: 1.0, 0.1: 0.0}}).with_columns(pl.lit("l2").alias("norm"))
+    linf = table("frsf", {("pgd", "exact"): {0: 1.0, 0.1: 0.4}}).with_columns(pl.lit("linf").alias("norm"))
+    worst, by, _ = worst_case(at_budget(pl.concat([linf, l2]), 0.1))
+    assert worst.value == 0.4 and by.startswith("pgd/exact")
+
+
+def test_a_black_box_attack_that_leaves_bp_above_the_limit_is_marked_too_weak():
+    bp = table("bp", {("hsja", None): {0: 1.0, 0.1: 0.5}, ("square", None): {0: 1.0, 0.1: 0.05},
+                      ("pgd", "exact"): {0: 1.0, 0.1: 0.0}})
+    checks = blackbox_strength(bp, 0.1, {**FAMILIES, "square": "score"}, 0.2)
+    assert [(c.name, c.passed) for c in checks] == [("hsja strong enough", False), ("square strong enough", True)]
+    assert "too weak" in checks[0].detail and "50.0%" in checks[0].detail
+
+
+def test_retrieval_worst_case_is_the_map_of_each_querys_lowest_ap_over_attacks():
+    def aps(attack: str, eps: float, ap: list[float]) -> pl.DataFrame:
+        n = len(ap)
+        return pl.DataFrame({**{k: [v] * n for k, v in {**CELL, "task": "hashing"}.items()}, "rule": ["bp"] * n,
+                             "attack": [attack] * n, "source": ["exact"] * n, "image": range(n),
+                             "eps": [eps] * n, "clean_ap": [1.0] * n, "ap": ap})
+    outcomes = pl.concat([aps("hag", 0.1, [0.2, 0.9, 0.5, 0.6]), aps("sdha", 0.1, [0.8, 0.1, 0.5, 0.7]),
+                          aps("sdha", 0.3, [0.0, 0.0, 0.0, 0.0])])  # above the budget: does not count
+    row = retrieval_worst_case(outcomes, 0.1).row(0, named=True)
+    assert row["worst mAP"] == pytest.approx((0.2 + 0.1 + 0.5 + 0.6) / 4) and row["clean mAP"] == 1.0
+    assert row["worst_lo"] <= row["worst mAP"] <= row["worst_hi"] and row["queries"] == 4
+    assert row["lowest by"] == "sdha/exact 0.525"
+
+
 def test_holm_over_cells_turns_a_lone_significance_into_inconclusive():
     def cell(p: float) -> Cell:
         c = Cell({**CELL, "rule": "frsf"}, Estimate(10, 10), Estimate(5, 10), "pgd/exact 5", None, None,
@@ -167,6 +246,7 @@ finetune: {{epochs: 1, batch_size: 64, lr_backbone: 7.4e-05, lr_head: 0.00043, w
 evaluate: {{diagnostic_images: 100}}
 attacks:
   - {{name: pgd, sources: [rule, exact], eps: [0, 0.1, 0.3], n: 100, batch_size: 100, params: {{steps: 5}}}}
+converge: {{params: {{loss: dlr, steps: 10, restarts: 1}}, batch_size: 100}}
 """
 
 
@@ -194,5 +274,6 @@ def test_on_real_fashion_mnist_frsf_is_gradient_obfuscation_and_bp_agrees_with_i
     assert frsf["verdict"] == OBFUSCATION, (tmp_path / "results" / "README.md").read_text()
     assert frsf["bp gradients agree"] == "pass" and frsf["attacks break bp"] == "pass"
     assert frsf["rule gradient above exact"] == "yes"
+    assert frsf["attack converged"] == "pass"  # the re-run ran on the survivors, and moved nothing beyond noise
     readme = (tmp_path / "results" / "README.md").read_text()
     assert "gradient obfuscation" in readme and "rule gradient above exact" in readme

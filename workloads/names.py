@@ -13,9 +13,10 @@ class Stage:
     FINETUNE = "finetune"
     EVALUATE = "evaluate"
     ATTACK = "attack"
+    CONVERGE = "converge"  # the strongest exact attack again, on the images every attack left robust
 
 
-STAGES = (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE, Stage.ATTACK)  # the order they run in
+STAGES = (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE, Stage.ATTACK, Stage.CONVERGE)  # the order they run in
 
 # what the report groups by: the tags `axis.<name>` of every node's MLflow run
 AXES = ("dataset", "backbone", "seed", "task", "rule", "attack", "source")

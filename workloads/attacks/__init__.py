@@ -11,8 +11,8 @@ from workloads.attacks import gradient, score, decision, hashing  # noqa: F401  
 from workloads.attacks.base import GRADIENT_SOURCES, AttackContext, AttackSpec, Budgets, check_eps, project
 from workloads.attacks.registry import ATTACKS, available_attacks, get_attack, register_attack
 from workloads.attacks.run import attack, gradient_cosine, run_attack, validate
-from workloads.attacks.stage import attack_checkpoint, write_outcomes
+from workloads.attacks.stage import ConvergeSettings, attack_checkpoint, write_outcomes
 
-__all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackContext", "AttackSpec", "Budgets", "attack", "attack_checkpoint",
-           "available_attacks", "check_eps", "get_attack", "gradient_cosine", "project", "register_attack",
-           "run_attack", "validate", "write_outcomes"]
+__all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackContext", "AttackSpec", "Budgets", "ConvergeSettings", "attack",
+           "attack_checkpoint", "available_attacks", "check_eps", "get_attack", "gradient_cosine", "project",
+           "register_attack", "run_attack", "validate", "write_outcomes"]

@@ -12,6 +12,10 @@ Families:
 - `score`: queries output scores only (square); no gradient source;
 - `decision`: queries the predicted label only and *minimises* the perturbation (boundary, hsja); one run gives the
   whole eps curve (an image counts as robust at eps when no adversarial was found within eps).
+
+Every attack measures its budget in one norm: L-inf for all but Boundary, which minimises L2 (its eps grid is then
+an L2 grid: distances in [0, 1] pixel space over the whole image, e.g. [0, 0.5, 1, 2] for 3x32x32). Tables and
+verdicts never mix the two.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from workloads.settings import Section, validate
 
 GRADIENT_SOURCES = ("rule", "exact", "transfer")
 FAMILIES = ("gradient", "hashing", "score", "decision")
+NORMS = ("linf", "l2")
 # iterations, queries, restarts: far beyond any published setting, short of running for years
 Steps = Annotated[int, Field(ge=0, le=10**7)]
 
@@ -55,10 +60,18 @@ class AttackSpec:
     # the attack's own parameters, each with its default, range and a docstring (what a DAG's `params` takes)
     params: type[Section] = Section
     description: str = ""
+    norm: str = "linf"
+    """The norm its budgets are measured in; an attack whose params have a `constraint` takes that one (HSJA)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"attack {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"attack {self.name!r}: norm {self.norm!r} is not one of {', '.join(NORMS)}")
+
+    def norm_of(self, params: dict | Section | None = None) -> str:
+        """The norm of its budgets with these parameters."""
+        return getattr(self.parse(params), "constraint", self.norm)
 
     @property
     def defaults(self) -> dict:
@@ -85,26 +98,30 @@ class AttackSpec:
         return self.family == "decision"
 
 
-def check_eps(eps_grid: list[float]) -> list[float]:
-    """The grid as floats, each an L-inf budget in [0, 1]; a ConfigError otherwise."""
+def check_eps(eps_grid: list[float], norm: str = "linf") -> list[float]:
+    """The grid as floats, each a budget >= 0 in [0, 1] pixel space (an L-inf one at most 1); a ConfigError
+    otherwise."""
     out = []
     for e in eps_grid:
         try:
             e = float(e)
         except (TypeError, ValueError):
-            raise ConfigError(f"eps {e!r} is not a number: budgets are L-inf distances in [0, 1] pixel space") from None
-        if not 0.0 <= e <= 1.0:
-            raise ConfigError(f"eps {e} is outside [0, 1]: budgets are L-inf distances in [0, 1] pixel space")
+            raise ConfigError(f"eps {e!r} is not a number: budgets are {norm} distances in [0, 1] pixel space") \
+                from None
+        if not (0.0 <= e <= 1.0 if norm == "linf" else 0.0 <= e < float("inf")):
+            raise ConfigError(f"eps {e} is outside {'[0, 1]' if norm == 'linf' else '[0, inf)'}: budgets are "
+                              f"{norm} distances in [0, 1] pixel space")
         out.append(e)
     if not out:
         raise ConfigError("the eps grid is empty: give at least one budget, e.g. [0, 0.05, 0.1]")
     return out
 
 
-# an eps grid in a DAG: checked by check_eps, described to editors by the schema
-Budgets = Annotated[list[float], AfterValidator(check_eps), Field(
-    description="L-inf budgets in [0, 1] pixel space, e.g. [0, 0.05, 0.1]; 0 is the clean number",
-    json_schema_extra={"items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1})]
+# an eps grid in a DAG: checked here as any norm's, and against the attack's own norm by the entry that holds it
+Budgets = Annotated[list[float], AfterValidator(lambda grid: check_eps(grid, "l2")), Field(
+    description="budgets in [0, 1] pixel space, in the attack's norm: L-inf (at most 1) for all but Boundary, "
+                "whose grid is L2, e.g. [0, 0.05, 0.1] or [0, 0.5, 1, 2]; 0 is the clean number",
+    json_schema_extra={"items": {"type": "number", "minimum": 0}, "minItems": 1})]
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

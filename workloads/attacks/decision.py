@@ -121,6 +121,7 @@ def _hsja(model, eps, params: HSJAParams, ctx: AttackContext):
 
 
 register_attack(AttackSpec("boundary", "decision", ("classification",), _boundary, BoundaryParams,
-                           "Boundary attack (Brendel et al. 2018), L2 minimal perturbation, label queries only"))
+                           "Boundary attack (Brendel et al. 2018), L2 minimal perturbation, label queries only",
+                           norm="l2"))
 register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja, HSJAParams,
                            "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only"))

@@ -1,6 +1,6 @@
 """`attack(...)`: robustness of a fine-tuned model to one attack, per eps, for one gradient source.
 
-Rows, one per eps point:
+Rows, one per eps point (an L-inf budget, or for an L2 attack such as Boundary an L2 one):
 - classification: robust_acc, clean_acc, success_rate (fooled among the clean-correct), linf / l2 (mean size of
   the perturbation), queries (forward passes per image the attack spent);
 - hashing: map, clean_map, success_rate (share of queries whose AP fell below half its clean AP), hamming (mean
@@ -39,8 +39,9 @@ def validate(attack: str, task_kind: str, source: str | None, eps_grid: list[flo
                               f"{', '.join(GRADIENT_SOURCES)}")
     elif source not in (None, "none"):
         raise ConfigError(f"{attack!r} queries outputs only; it takes no gradient source (got {source!r})")
-    check_eps(eps_grid)
-    return spec, spec.parse(params)
+    params = spec.parse(params)
+    check_eps(eps_grid, spec.norm_of(params))
+    return spec, params
 
 
 class QueryCounter(torch.nn.Module):
@@ -114,7 +115,7 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
     ctx = AttackContext(task=task, seed=seed)
     scorer = _HashScorer(target, crafting.model, database, ctx) if task.kind == "hashing" else _ClassScorer(target)
     clean = [scorer.clean(x, y) for x, y in batches]
-    eps_grid = check_eps(eps_grid)
+    eps_grid = check_eps(eps_grid, spec.norm_of(params))
     if spec.minimal:
         return _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
     rows: dict[int, dict] = {}
@@ -140,10 +141,10 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
         out = {k: torch.cat([o[k].cpu() for o in per_image]) for k in per_image[0]}
         out, invalid = scorer.settle(out, nested)
         nested, n = out, len(out[M.LINF])
-        rows[i] = {"attack": attack_name, "source": source, "eps": eps, **scorer.row(out),
+        rows[i] = {"attack": attack_name, "source": source, "eps": eps, "norm": "linf", **scorer.row(out),
                    M.LINF: float(out[M.LINF].sum()) / n, M.L2: float(out[M.L2].sum()) / n,
                    M.QUERIES: crafting.images / n, M.N: n, "invalid": int(invalid.sum())}
-        tables.append(_table(eps, scorer.columns(out), out, invalid))
+        tables.append(_table(eps, "linf", scorer.columns(out), out, invalid))
         if on_row is not None:
             on_row(rows[i])
     return [rows[i] for i in range(len(eps_grid))], pl.concat(tables).sort("eps", "image")
@@ -154,11 +155,12 @@ def _inside(x_adv: torch.Tensor) -> torch.Tensor:
     return (flat.amin(1) >= 0) & (flat.amax(1) <= 1)
 
 
-def _table(eps: float, outcome: dict[str, torch.Tensor], sizes: dict, invalid: torch.Tensor) -> pl.DataFrame:
+def _table(eps: float, norm: str, outcome: dict[str, torch.Tensor], sizes: dict,
+           invalid: torch.Tensor) -> pl.DataFrame:
     """One eps of the per-image outcome table; `image` is the position in the attacked sample (the first n test
     images of the target split, in shard order: the same images for every model of a dataset)."""
     n = len(invalid)
-    return pl.DataFrame({"image": pl.Series(range(n), dtype=pl.Int32), "eps": [float(eps)] * n,
+    return pl.DataFrame({"image": pl.Series(range(n), dtype=pl.Int32), "eps": [float(eps)] * n, "norm": [norm] * n,
                          **{k: v.numpy() for k, v in outcome.items()},
                          M.LINF: sizes[M.LINF].float().numpy(), M.L2: sizes[M.L2].float().numpy(),
                          "invalid": invalid.numpy()})
@@ -186,16 +188,19 @@ def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
     rows, tables = [], []
     nan = torch.full_like(linf, float("nan"))
     sizes = {M.LINF: torch.where(found, linf, nan), M.L2: torch.where(found, l2, nan)}  # the minimal sizes found
+    norm = spec.norm_of(params)
+    size = l2 if norm == "l2" else linf
     for eps in eps_grid:
-        fooled = found & (linf <= eps)  # nested by construction: a minimal perturbation fits every larger eps
+        fooled = found & (size <= eps)  # nested by construction: a minimal perturbation fits every larger eps
         k = int(fooled.sum())
-        rows.append({"attack": spec.name, "source": None, "eps": eps,
+        rows.append({"attack": spec.name, "source": None, "eps": eps, "norm": norm,
                      M.ROBUST_ACC: float((ok & ~fooled).sum()) / n, M.CLEAN_ACC: float(ok.sum()) / n,
                      M.SUCCESS_RATE: k / max(int(ok.sum()), 1),
                      M.LINF: float(linf[fooled].sum()) / k if k else 0.0,
                      M.L2: float(l2[fooled].sum()) / k if k else 0.0,
                      M.QUERIES: crafting.images / n, M.N: n, "invalid": int(outside.sum()), **medians})
-        tables.append(_table(eps, {"clean": ok, "robust": ok & ~fooled, "robust_raw": ok & ~fooled}, sizes, outside))
+        tables.append(_table(eps, norm, {"clean": ok, "robust": ok & ~fooled, "robust_raw": ok & ~fooled}, sizes,
+                             outside))
         if on_row is not None:
             on_row(rows[-1])
     return rows, pl.concat(tables).sort("eps", "image")
