@@ -165,8 +165,10 @@ def _norm(row: dict) -> str:
     """The norm an attack run's budgets were in (its spec's, or the `constraint` it ran with)."""
     import json
 
-    constraint = row.get("param.params.constraint")
-    return get_attack(row["attack"]).norm_of({"constraint": json.loads(constraint)} if constraint else None)
+    constraint = row.get("param.params.constraint")  # a string parameter is logged as it is, others as JSON
+    if constraint and constraint.startswith('"'):
+        constraint = json.loads(constraint)
+    return get_attack(row["attack"]).norm_of({"constraint": constraint} if constraint else None)
 
 
 def blackbox_table(runs: pl.DataFrame, norm: str = "linf") -> pl.DataFrame:
@@ -286,12 +288,14 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
               if m[MODEL.index("task")] in settings.primary]
     order = {r: i for i, r in enumerate(_rule_order([m["rule"] for m in models]))}
     models.sort(key=lambda m: (m["dataset"], m["backbone"], m["task"], m["seed"], order[m["rule"]]))
+    reran = {tuple(r[k] for k in MODEL) for r in runs.filter(pl.col("stage") == Stage.CONVERGE).iter_rows(named=True)}
     cells = []
     for m in models:
         bp = {**m, "rule": "bp"}
         if not any(x == bp for x in models):
             continue
-        cells.append(assess(outcomes, m, bp, settings, families, single, cosine.get(tuple(bp[k] for k in MODEL))))
+        cells.append(assess(outcomes, m, bp, settings, families, single, cosine.get(tuple(bp[k] for k in MODEL)),
+                            tuple(m[k] for k in MODEL) in reran))
     cells = decide(cells, settings)
     rows = []
     for c in cells:

@@ -21,7 +21,8 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "dags" / "smoke.yaml"
-REPORT = ("clean.csv", "robustness.csv", "hashing_attacks.csv", "blackbox.csv", "diagnostics.csv", "verdicts.csv")
+REPORT = ("clean.csv", "robustness.csv", "hashing_attacks.csv", "blackbox_l2.csv", "diagnostics.csv",
+          "verdicts.csv")
 
 
 @pytest.fixture(scope="module")

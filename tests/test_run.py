@@ -41,7 +41,7 @@ def test_first_run_executes_every_node_and_reports(smoke):
     assert {"robust_acc/eps_0", "robust_acc/eps_0.1", "success_rate/eps_0.1"} <= set(atk.data.metrics)
     assert atk.data.tags["axis.rule"] in ("bp", "frsf") and atk.data.params["attack"] == "pgd"
     for name in ("README.md", "clean.csv", "robustness.csv", "robustness.png", "hashing_attacks.md",
-                 "blackbox.csv", "diagnostics.csv", "verdicts.csv"):
+                 "blackbox_l2.csv", "diagnostics.csv", "verdicts.csv"):
         assert (work / "results" / name).is_file(), name
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(atk.info.run_id)}
     assert {"outcomes.parquet", "result.json"} <= artifacts  # the per-image evidence of the verdicts

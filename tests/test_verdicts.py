@@ -164,6 +164,20 @@ def test_a_re_run_within_the_interval_leaves_the_verdict_to_the_other_tests():
 def test_no_re_run_leaves_the_convergence_check_not_applicable():
     cell = verdict_of(OBFUSCATED, BP)
     assert next(c for c in cell.checks if c.name == "attack converged").passed is None
+    outcomes = pl.concat([table("frsf", BP), table("bp", BP)])  # a re-run ran, but no image survived to re-run
+    reran = assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE,
+                   reran=True)
+    check = next(c for c in reran.checks if c.name == "attack converged")
+    assert check.passed and "nothing to re-run" in check.detail
+
+
+def test_one_more_break_of_a_single_survivor_is_within_the_sample_noise():
+    outcomes = pl.concat([table("frsf", OBFUSCATED), table("bp", {("pgd", "rule"): {0: 1.0, 0.1: 0.005},
+                                                                  ("pgd", "exact"): {0: 1.0, 0.1: 0.005}}),
+                          rerun("bp", 0.005, 0.0)])
+    cell = assess(outcomes, {**CELL, "rule": "bp"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)
+    check = next(c for c in cell.checks if c.name == "attack converged")
+    assert check.passed, check.detail  # 0.5% -> 0.0% [0.0%, 1.9%] of 200
 
 
 def test_survivors_are_the_images_robust_under_every_attack_that_saw_them_at_its_top_budget_below_eps():
@@ -201,6 +215,7 @@ def test_retrieval_worst_case_is_the_map_of_each_querys_lowest_ap_over_attacks()
     assert row["worst mAP"] == pytest.approx((0.2 + 0.1 + 0.5 + 0.6) / 4) and row["clean mAP"] == 1.0
     assert row["worst_lo"] <= row["worst mAP"] <= row["worst_hi"] and row["queries"] == 4
     assert row["lowest by"] == "sdha/exact 0.525"
+    assert retrieval_worst_case(pl.DataFrame(), 0.1).is_empty()  # a grid without hashing attacks
 
 
 def test_holm_over_cells_turns_a_lone_significance_into_inconclusive():
