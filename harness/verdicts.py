@@ -97,12 +97,12 @@ def linf_only(outcomes: pl.DataFrame) -> pl.DataFrame:
     return outcomes.filter(pl.col("norm") == "linf") if "norm" in outcomes.columns else outcomes
 
 
-def at_budget(outcomes: pl.DataFrame, eps: float, column: str = "robust") -> pl.DataFrame:
-    """Per model, attack and image: `column` at the attack's largest L-inf budget <= eps (nested budgets)."""
+def at_budget(outcomes: pl.DataFrame, eps: float, columns: tuple[str, ...] = ("clean", "robust")) -> pl.DataFrame:
+    """Per model, attack and image: `columns` at the attack's largest L-inf budget <= eps (nested budgets)."""
     below = linf_only(outcomes).filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
     top = below.group_by([*MODEL, *ATTACK]).agg(pl.col("eps").max().alias("_top"))
     return (below.join(top, on=[*MODEL, *ATTACK]).filter(pl.col("eps") == pl.col("_top"))
-            .select([*MODEL, *ATTACK, "image", "clean", column]))
+            .select([*MODEL, *ATTACK, "image", *columns]))
 
 
 def _vector(df: pl.DataFrame, column: str = "robust") -> np.ndarray:
@@ -206,9 +206,7 @@ def retrieval_worst_case(outcomes: pl.DataFrame, eps: float) -> pl.DataFrame:
     (each attack at its largest budget <= eps), each with its bootstrap 95% interval over queries."""
     if outcomes.is_empty():  # no hashing model was attacked
         return pl.DataFrame()
-    below = outcomes.filter(pl.col("eps") <= eps + 1e-12).with_columns(pl.col("source").fill_null("none"))
-    top = below.group_by([*MODEL, *ATTACK]).agg(pl.col("eps").max().alias("_top"))
-    at = below.join(top, on=[*MODEL, *ATTACK]).filter(pl.col("eps") == pl.col("_top"))
+    at = at_budget(outcomes, eps, ("clean_ap", "ap"))
     rows = []
     for model, df in at.sort([*MODEL, *ATTACK]).group_by(list(MODEL), maintain_order=True):
         per_query = df.group_by("image").agg(pl.col("clean_ap").first(), pl.col("ap").min()).sort("image")
