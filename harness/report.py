@@ -239,7 +239,8 @@ def load_outcomes(runs: pl.DataFrame, tracking_uri: str, task: str = "classifica
     from mlflow.artifacts import download_artifacts
 
     attacks = runs.filter(pl.col("stage").is_in([Stage.ATTACK, Stage.CONVERGE]) & (pl.col("task") == task))
-    columns = ["clean", "robust", "robust_raw"] if get_task(task).kind == CLASSIFICATION else ["clean_ap", "ap"]
+    kind = get_task(task).kind
+    columns = ["clean", "robust", "robust_raw"] if kind == CLASSIFICATION else ["clean_ap", "ap", "ap_raw"]
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in attacks.iter_rows(named=True):
@@ -268,7 +269,7 @@ def verdict_settings(tracking_uri: str, experiment: str) -> VerdictSettings:
                                  order_by=["attributes.start_time DESC"], max_results=20)
     for run in parents:
         if "verdicts" in run.data.params:
-            return VerdictSettings.model_validate(json.loads(run.data.params["verdicts"]))
+            return VerdictSettings.from_logged(json.loads(run.data.params["verdicts"]))
     return VerdictSettings()
 
 
@@ -278,25 +279,27 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
     outcome); and each check's numbers."""
     from harness.verdicts import MODEL, SIGN, assess, blackbox_strength, decide
 
-    if outcomes.is_empty():
+    outcomes = [o for o in outcomes if not o.is_empty()]
+    if not outcomes:
         return [], pl.DataFrame(), []
     families = {n: get_attack(n).family for n in ATTACKS.in_order()}
     single = {n for n in ATTACKS.in_order() if "steps" not in get_attack(n).params.model_fields}
     cosine = {tuple(r[k] for k in MODEL): r.get(f"metrics.{Metric.GRAD_COSINE}")
               for r in runs.filter(pl.col("stage") == Stage.EVALUATE).iter_rows(named=True)}
-    models = [dict(zip(MODEL, m, strict=True)) for m in outcomes.select(MODEL).unique().sort(MODEL).iter_rows()
-              if m[MODEL.index("task")] in settings.primary]
-    order = {r: i for i, r in enumerate(_rule_order([m["rule"] for m in models]))}
-    models.sort(key=lambda m: (m["dataset"], m["backbone"], m["task"], m["seed"], order[m["rule"]]))
     reran = {tuple(r[k] for k in MODEL) for r in runs.filter(pl.col("stage") == Stage.CONVERGE).iter_rows(named=True)}
-    cells = []
-    for m in models:
-        bp = {**m, "rule": "bp"}
-        if not any(x == bp for x in models):
-            continue
-        cells.append(assess(outcomes, m, bp, settings, families, single, cosine.get(tuple(bp[k] for k in MODEL)),
-                            tuple(m[k] for k in MODEL) in reran))
-    cells = decide(cells, settings)
+    cells, models = [], []
+    for table in outcomes:  # one task kind each: their per-image columns differ
+        mine = [dict(zip(MODEL, m, strict=True)) for m in table.select(MODEL).unique().sort(MODEL).iter_rows()
+                if m[MODEL.index("task")] in settings.primary]
+        order = {r: i for i, r in enumerate(_rule_order([m["rule"] for m in mine]))}
+        mine.sort(key=lambda m: (m["dataset"], m["backbone"], m["task"], m["seed"], order[m["rule"]]))
+        for m in mine:
+            bp = {**m, "rule": "bp"}
+            if any(x == bp for x in mine):
+                cells.append(assess(table, m, bp, settings, families, single,
+                                    cosine.get(tuple(bp[k] for k in MODEL)), tuple(m[k] for k in MODEL) in reran))
+        models += [(m, table) for m in mine]
+    cells = decide(cells, settings)  # Holm over every cell of the report, both tasks
     rows = []
     for c in cells:
         row = {**c.model, "verdict": c.verdict, "clean": c.clean.value, "clean_lo": c.clean.interval[0],
@@ -310,8 +313,8 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
     lines = [c.line for c in cells if c.model["rule"] != "bp"] + _rule_lines(cells)
     checks = [f"{c.model['rule']} ({c.model['dataset']}/{c.model['backbone']}, seed {c.model['seed']}), "
               f"{ch.name}: {ch.detail}" for c in cells if c.model["rule"] != "bp" for ch in c.checks]
-    for m in [m for m in models if m["rule"] == "bp"]:  # is each black-box attack strong enough to mean anything?
-        bp = outcomes.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
+    for m, table in [(m, t) for m, t in models if m["rule"] == "bp"]:  # is each black-box attack strong enough?
+        bp = table.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
         for ch in blackbox_strength(bp, settings.primary[m["task"]], families, settings.blackbox_weak_above):
             lines.append(f"{ch.detail} ({m['dataset']}/{m['backbone']}, seed {m['seed']}).")
     return lines, pl.DataFrame(rows) if rows else pl.DataFrame(), checks
@@ -371,16 +374,20 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = verdict_settings(tracking_uri, experiment)
-    lines, verdict_table, checks = verdict_report(runs, load_outcomes(runs, tracking_uri), settings)
-    retrieval = retrieval_worst_case(load_outcomes(runs, tracking_uri, HASHING), settings.retrieval)
+    outcomes = {task: load_outcomes(runs, tracking_uri, task) for task in (CLASSIFICATION, HASHING)}
+    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings)
+    retrieval_eps = settings.primary.get(HASHING)
+    retrieval = (retrieval_worst_case(outcomes[HASHING], retrieval_eps) if retrieval_eps is not None
+                 else pl.DataFrame())
     budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in settings.primary.items())
     tables = {
         "verdicts": (f"Verdicts at the primary budget ({budgets}; margin {settings.delta:g}): clean and worst-case "
-                     "accuracy with Wilson 95% intervals, the checklist (docs/evaluation.md)", verdict_table),
+                     "accuracy with Wilson 95% intervals (hashing: mAP with bootstrap intervals over queries), the "
+                     "checklist (docs/evaluation.md)", verdict_table),
         "clean": ("Clean accuracy (top-1) and retrieval mAP", clean_table(runs)),
         "robustness": ("White-box robustness: accuracy vs eps, per gradient source", robustness_table(runs)),
         "hashing_attacks": ("Retrieval under hashing attacks: mAP vs eps", hashing_attack_table(runs)),
-        "hashing_worst": (f"Retrieval worst case at eps {settings.retrieval:g}: the mAP of each query's lowest AP over "
+        "hashing_worst": (f"Retrieval worst case at eps {retrieval_eps}: the mAP of each query's lowest AP over "
                           "every hashing attack and source, with bootstrap 95% intervals over queries", retrieval),
         "blackbox": ("Black-box (decision-based) L-inf attacks: accuracy vs eps, minimal perturbation sizes",
                      blackbox_table(runs)),

@@ -2,12 +2,15 @@
 
 - `wilson`: a proportion's 95% interval (an accuracy on n images);
 - `bootstrap_mean`: a mean's 95% bootstrap interval (mAP over queries);
-- `mcnemar_greater`: exact one-sided McNemar test on paired outcomes (two models or attacks on the same images);
+- `paired_greater`: "a above b" on paired outcomes (two models or attacks on the same images): the exact one-sided
+  McNemar test (`mcnemar_greater`) on 0/1 outcomes, a one-sided paired t-test on AP values;
 - `greater_by` / `equivalent`: paired tests against a margin delta (one-sided; and equivalence within +-delta);
 - `holm`: Holm's correction over the cells of a report;
 - `t_interval`: a mean's t-interval across training seeds;
 - `images_to_decide`: roughly how many images a test would need, if the effect seen so far held.
-Paired outcomes are 0/1 (or AP) arrays over the same images, in the same order.
+Paired outcomes are arrays over the same images (or queries), in the same order: boolean arrays are 0/1 outcomes
+(robust or not) and get exact binomial tests; float arrays are values in [0, 1] (a query's AP) and get paired
+t-tests, with the sign test where the differences have no spread (the t statistic is then undefined).
 """
 
 from __future__ import annotations
@@ -40,6 +43,30 @@ def bootstrap_mean(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def _binary(a: np.ndarray) -> bool:
+    return np.asarray(a).dtype == bool
+
+
+def _differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+
+
+def _mean_above(d: np.ndarray, m: float) -> float:
+    """p-value of 'the mean paired difference is above m': a one-sided t-test; with no spread in d (t undefined), the
+    sign test of d > m."""
+    if np.ptp(d) < 1e-9:  # equal up to float rounding (a t statistic of rounding noise would be huge)
+        return float(stats.binomtest(int((d > m).sum()), len(d), 0.5, alternative="greater").pvalue)
+    return float(stats.ttest_1samp(d, m, alternative="greater").pvalue)
+
+
+def paired_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """p-value of 'a is above b' on paired outcomes: exact McNemar on 0/1 outcomes, a paired t-test on AP values."""
+    if _binary(a) and _binary(b):
+        return mcnemar_greater(a, b)
+    d = _differences(a, b)
+    return _mean_above(d, 0.0) if len(d) else 1.0
+
+
 def mcnemar_greater(a: np.ndarray, b: np.ndarray) -> float:
     """p-value of 'a succeeds more often than b' on paired 0/1 outcomes: an exact binomial test on the discordant
     pairs (the exact McNemar test, one-sided)."""
@@ -51,8 +78,11 @@ def mcnemar_greater(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def greater_by(a: np.ndarray, b: np.ndarray, delta: float) -> float:
-    """p-value of 'mean(a) - mean(b) > delta' (delta >= 0) on paired 0/1 outcomes. With discordant pairs only in a's
-    favour the difference is their binomial share, tested exactly; otherwise a one-sided paired t-test."""
+    """p-value of 'mean(a) - mean(b) > delta' (delta >= 0) on paired outcomes. On 0/1 outcomes with discordant pairs
+    only in a's favour the difference is their binomial share, tested exactly; otherwise a one-sided paired t-test."""
+    if not (_binary(a) and _binary(b)):
+        d = _differences(a, b)
+        return _mean_above(d, delta) if len(d) else 1.0
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
     if n == 0:
@@ -63,17 +93,17 @@ def greater_by(a: np.ndarray, b: np.ndarray, delta: float) -> float:
 
 
 def equivalent(a: np.ndarray, b: np.ndarray, delta: float) -> float:
-    """p-value of '|mean(a) - mean(b)| < delta' on paired 0/1 outcomes. The difference is at most the share of
-    discordant pairs, tested exactly (valid at any n, even with no discordant pair); where the discordant pairs go
-    both ways, two one-sided t-tests too, with a Bonferroni factor for taking the better of the two."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    """p-value of '|mean(a) - mean(b)| < delta' on paired outcomes in [0, 1]. A paired difference is at most 1, so
+    the difference of means is at most the share of pairs that differ at all, tested exactly (valid at any n, even
+    with no differing pair); where the differences go both ways, two one-sided t-tests too, with a Bonferroni factor
+    for taking the better of the two."""
+    d = _differences(a, b)
+    n = len(d)
     if n == 0:
         return 1.0
-    bound = float(stats.binomtest(only_a + only_b, n, delta, alternative="less").pvalue)
-    if only_a == 0 or only_b == 0:
+    bound = float(stats.binomtest(int((d != 0).sum()), n, delta, alternative="less").pvalue)
+    if not (d > 0).any() or not (d < 0).any():
         return bound
-    d = a.astype(float) - b
     tost = max(float(stats.ttest_1samp(d, -delta, alternative="greater").pvalue),
                float(stats.ttest_1samp(d, delta, alternative="less").pvalue))
     return min(1.0, 2 * min(bound, tost))

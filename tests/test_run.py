@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import polars as pl
 import pytest
 from datagen import write_fmnist
 from smokerun import harness
@@ -43,6 +44,8 @@ def test_first_run_executes_every_node_and_reports(smoke):
     for name in ("README.md", "clean.csv", "robustness.csv", "robustness.png", "hashing_attacks.md",
                  "blackbox_l2.csv", "diagnostics.csv", "verdicts.csv"):
         assert (work / "results" / name).is_file(), name
+    verdicts = pl.read_csv(work / "results" / "verdicts.csv")
+    assert sorted(verdicts.filter(pl.col("rule") == "frsf")["task"].to_list()) == ["classification", "hashing"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(atk.info.run_id)}
     assert {"outcomes.parquet", "result.json"} <= artifacts  # the per-image evidence of the verdicts
     assert "clean:" in first.stdout and "robustness:" in first.stdout

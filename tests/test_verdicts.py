@@ -18,6 +18,7 @@ from harness.verdicts import (
     Cell,
     Check,
     Estimate,
+    MeanEstimate,
     VerdictSettings,
     assess,
     at_budget,
@@ -214,8 +215,117 @@ def test_retrieval_worst_case_is_the_map_of_each_querys_lowest_ap_over_attacks()
     row = retrieval_worst_case(outcomes, 0.1).row(0, named=True)
     assert row["worst mAP"] == pytest.approx((0.2 + 0.1 + 0.5 + 0.6) / 4) and row["clean mAP"] == 1.0
     assert row["worst_lo"] <= row["worst mAP"] <= row["worst_hi"] and row["queries"] == 4
-    assert row["lowest by"] == "sdha/exact 0.525"
+    assert row["lowest by"] == "sdha/exact 0.525, hag/exact 0.550"
     assert retrieval_worst_case(pl.DataFrame(), 0.1).is_empty()  # a grid without hashing attacks
+
+
+HASHING = {**CELL, "task": "hashing"}
+
+
+def aps(level: float, n: int, phase: float = 0.0) -> np.ndarray:
+    """n query APs spread around `level` (a fixed pattern, inside [0, 1]; models differ in `phase`)."""
+    return np.clip(level + 0.08 * np.sin(np.arange(n) * 1.7 + phase), 0.0, 1.0)
+
+
+def ap_table(rule: str, attacks: dict[tuple[str, str], dict[float, float]], n: int = 100,
+             raw: dict | None = None) -> pl.DataFrame:
+    """A hashing model's outcomes: (attack, source) -> eps -> the level of the query APs (nested over budgets as the
+    attack runner nests them: a query's AP at eps is its lowest at any budget up to eps)."""
+    rows, phase = [], 0.0 if rule == "bp" else 1.0
+    for (attack, source), grid in attacks.items():
+        nested = None
+        for eps, level in sorted(grid.items()):
+            own = aps(raw.get((attack, source, eps), level) if raw else level, n, phase)
+            nested = own if nested is None else np.minimum(nested, aps(level, n, phase))
+            rows.append(pl.DataFrame({**{k: [v] * n for k, v in HASHING.items()}, "rule": [rule] * n,
+                                      "attack": [attack] * n, "source": pl.Series([source] * n, dtype=pl.String),
+                                      "image": range(n), "eps": [float(eps)] * n, "clean_ap": aps(0.85, n, phase),
+                                      "ap": nested, "ap_raw": own}))
+    return pl.concat(rows)
+
+
+def retrieval_verdict(rule_attacks: dict, bp_attacks: dict, n: int = 100, raw: dict | None = None) -> Cell:
+    outcomes = pl.concat([ap_table("frsf", rule_attacks, n, raw), ap_table("bp", bp_attacks, n)])
+    cells = [assess(outcomes, {**HASHING, "rule": "frsf"}, {**HASHING, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)]
+    return decide(cells, SETTINGS)[0]
+
+
+BP_HASH = {("hag", "rule"): {0: 0.85, 0.1: 0.14}, ("hag", "exact"): {0: 0.85, 0.1: 0.14}}
+
+
+def test_retrieval_robust_through_its_own_gradient_only_is_gradient_obfuscation():
+    cell = retrieval_verdict({("hag", "rule"): {0: 0.85, 0.1: 0.7}, ("hag", "exact"): {0: 0.85, 0.1: 0.15},
+                              ("hag", "transfer"): {0: 0.85, 0.1: 0.35}}, BP_HASH)
+    assert cell.verdict == OBFUSCATION, cell.line
+    assert isinstance(cell.worst, MeanEstimate) and cell.worst.n == 100
+    assert cell.worst.value == pytest.approx(aps(0.15, 100, 1.0).mean())
+    assert cell.own.value == pytest.approx(aps(0.7, 100, 1.0).mean())
+    assert "Worst case mAP 0.1" in cell.line and "lowest mAP by hag/exact" in cell.line
+    assert "bp on the same attacks and queries mAP 0.14" in cell.line
+    signs = {c.name: c.passed for c in cell.checks}
+    assert signs["rule gradient above exact"] and signs["transfer or black-box stronger"]
+    assert signs["attack converged"] is None  # retrieval has no convergence re-run
+
+
+def test_retrieval_robust_under_exact_gradients_too_is_robust_beyond_bp():
+    cell = retrieval_verdict({("hag", "rule"): {0: 0.85, 0.1: 0.7}, ("hag", "exact"): {0: 0.85, 0.1: 0.6}}, BP_HASH)
+    assert cell.verdict == BEYOND and cell.worst.value == pytest.approx(aps(0.6, 100, 1.0).mean()), cell.line
+
+
+def test_retrieval_with_the_same_query_aps_as_bp_is_no_gain():
+    cell = retrieval_verdict(BP_HASH, BP_HASH)
+    assert cell.verdict == NO_GAIN, cell.line
+
+
+def test_retrieval_on_few_queries_is_inconclusive_and_says_how_many_queries_would_decide():
+    cell = retrieval_verdict({("hag", "rule"): {0: 0.85, 0.1: 0.2}, ("hag", "exact"): {0: 0.85, 0.1: 0.2}},
+                             BP_HASH, n=6)
+    assert cell.verdict == INCONCLUSIVE and cell.needed and cell.needed > 6, cell.line
+    assert f"about {cell.needed} queries would decide it" in cell.line
+
+
+@pytest.mark.parametrize("broken,rule_attacks,bp_attacks,raw", [
+    ("attacks break bp", {("hag", "rule"): {0: 0.85, 0.1: 0.6}},
+     {("hag", "rule"): {0: 0.85, 0.1: 0.5}, ("hag", "exact"): {0: 0.85, 0.1: 0.5}}, None),
+    ("exact gradient not weaker", {("hag", "rule"): {0: 0.85, 0.1: 0.2}, ("hag", "exact"): {0: 0.85, 0.1: 0.6}},
+     BP_HASH, None),
+    ("accuracy falls with eps", {("hag", "rule"): {0: 0.85, 0.05: 0.2, 0.1: 0.2}}, BP_HASH,
+     {("hag", "rule", 0.1): 0.6}),
+    ("bp gradients agree", {("hag", "rule"): {0: 0.85, 0.1: 0.3}},
+     {("hag", "rule"): {0: 0.85, 0.1: 0.14}, ("hag", "exact"): {0: 0.85, 0.1: 0.2}}, None),
+])
+def test_a_failed_sanity_check_makes_a_retrieval_cell_invalid(broken, rule_attacks, bp_attacks, raw):
+    cell = retrieval_verdict(rule_attacks, bp_attacks, raw=raw)
+    assert cell.verdict == INVALID and f"{broken} failed" in cell.line, cell.line
+    assert [c.name for c in cell.checks[:4] if c.passed is False] == [broken]
+
+
+def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
+    from harness.report import verdict_report
+
+    obfuscated = {("pgd", "rule"): {0: 1.0, 0.1: 0.55}, ("pgd", "exact"): {0: 1.0, 0.1: 0.0}}
+    classification = pl.concat([table("frsf", obfuscated), table("bp", BP)])
+    retrieval = pl.concat([ap_table("frsf", {("hag", "rule"): {0: 0.85, 0.1: 0.7},
+                                             ("hag", "exact"): {0: 0.85, 0.1: 0.15}}), ap_table("bp", BP_HASH)])
+    axes = ("dataset", "backbone", "task", "rule", "seed")
+    runs = pl.DataFrame({"stage": ["evaluate"], **{a: [None] for a in axes}},
+                        schema_overrides=dict.fromkeys(axes, pl.String))
+    lines, rows, checks = verdict_report(runs, [classification, retrieval], SETTINGS)
+    by_task = {r["task"]: r for r in rows.filter(pl.col("rule") == "frsf").iter_rows(named=True)}
+    assert by_task["classification"]["verdict"] == OBFUSCATION and by_task["hashing"]["verdict"] == OBFUSCATION
+    assert by_task["hashing"]["n"] == 100 and by_task["hashing"]["worst"] == pytest.approx(aps(0.15, 100, 1.0).mean())
+    assert by_task["classification"]["worst"] == 0.0 and by_task["classification"]["n"] == 200
+    assert [line.split(")")[0] for line in lines] == ["**frsf** (d/b/classification, this model: seed 0",
+                                                      "**frsf** (d/b/hashing, this model: seed 0"]
+    assert len(checks) == 2 * 8  # every check of both cells, with its numbers
+
+
+def test_settings_logged_before_retrieval_verdicts_read_as_they_were_meant():
+    old = VerdictSettings.from_logged({"primary": {"classification": 0.05}, "delta": 0.05, "bp_broken_below": 0.2,
+                                       "retrieval": 0.03, "blackbox_weak_above": 0.2})
+    assert old.primary == {"hashing": 0.03, "classification": 0.05}
+    assert old.bp_broken_below == {"classification": 0.2, "hashing": 0.25}
+    assert VerdictSettings.from_logged(VerdictSettings().model_dump()) == VerdictSettings()
 
 
 def test_holm_over_cells_turns_a_lone_significance_into_inconclusive():
@@ -242,6 +352,15 @@ def test_statistics_against_known_values():
     assert stats.equivalent(a, b, 0.05) > 0.5
     assert stats.greater_by(a, b, 0.02) < 0.05 and stats.greater_by(a, b, 0.2) > 0.5
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # AP values (floats): paired t-tests, and the sign test where the differences have no spread
+    x, y = aps(0.6, 50), aps(0.5, 50)
+    assert stats.paired_greater(x, y) == stats.greater_by(x, y, 0.0) < 1e-6  # a constant 0.1 above: sign test
+    assert stats.paired_greater(y, x) == 1.0 and stats.greater_by(x, y, 0.15) == 1.0
+    z = x + np.where(np.arange(50) % 2 == 0, 0.05, -0.04)
+    assert stats.paired_greater(z, x) == pytest.approx(
+        float(__import__("scipy").stats.ttest_rel(z, x, alternative="greater").pvalue))
+    assert stats.equivalent(x, x, 0.05) == pytest.approx(0.95 ** 50)  # no query differs: exactly
+    assert stats.equivalent(z, x, 0.05) < 0.05 and stats.equivalent(x, y, 0.05) > 0.5
     lo, hi = stats.bootstrap_mean(np.linspace(0, 1, 101))
     assert lo < 0.5 < hi and hi - lo < 0.2
     assert stats.t_interval([0.1, 0.2, 0.3])[0] == pytest.approx(0.2 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
