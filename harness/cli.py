@@ -94,7 +94,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert datasets into WebDataset shards once; inspect them")
-    which = data.add_subparsers(dest="data", required=True, metavar="{prepare,info,list}")
+    which = data.add_subparsers(dest="data", required=True, metavar="{prepare,locate,info,list}")
     p = which.add_parser(
         "prepare", help="write {split}-%%06d.tar shards + manifest.json for a dataset",
         description="Reads a dataset in its original format and writes WebDataset shards plus a manifest (counts, "
@@ -107,6 +107,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default: %(default)s)")
     p.add_argument("--download", action="store_true", help="let torchvision download the source if it is missing")
     p.add_argument("--force", action="store_true", help="rewrite the shards even if the source is unchanged")
+    loc = which.add_parser("locate", help="print where a dataset adapter finds its source data, or how to get it",
+                           description="Exit 0 and print the source folder the adapter would read (what `harness "
+                           "data prepare NAME` would read); otherwise exit 2 with how to get the data.")
+    loc.add_argument("name", help="a dataset adapter (`harness data list`)")
+    loc.add_argument("--src", default=None, help="where to look (default: the adapter's usual places)")
     i = which.add_parser("info", help="print a prepared dataset's manifest summary and verify its shards")
     i.add_argument("folder")
     i.add_argument("--deep", action="store_true", help="also recompute every shard checksum")
@@ -252,6 +257,9 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data == "list":
         for name in datasets.available_sources():
             print(f"{name:<14} {datasets.get_source(name).description}")
+        return 0
+    if args.data == "locate":
+        print(datasets.get_source(args.name)(src=args.src).locate())
         return 0
     if args.data == "info":
         from workloads.datasets.manifest import check_shard_files

@@ -5,6 +5,7 @@ notebooks can call it directly.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -22,12 +23,13 @@ def run_node(node: dict, store: ArtifactStore, progress: Progress | None = None,
     if store.done(stage, key):  # a retried trial whose first attempt finished just before dying
         return store.result(stage, key)
     progress = progress or (lambda metrics: None)
+    here = {"host": socket.gethostname(), **(where or {})}
+    store.write_running(stage, key, {"pid": os.getpid(), **here, "since": time.time()})
     t0 = time.perf_counter()
     runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack,
               "converge": _converge}[stage]
     result = runner(node, store, progress)
-    record = {"node": node, "result": result, "seconds": time.perf_counter() - t0,
-              "where": {"host": socket.gethostname(), **(where or {})}}
+    record = {"node": node, "result": result, "seconds": time.perf_counter() - t0, "where": here}
     store.write_result(stage, key, record)
     return record
 

@@ -2,7 +2,9 @@
 
 Every file is written to a temporary name and renamed, and `result.json` is written last, so a node killed half-way
 is never taken as finished: the next `harness run` simply runs it again. A node that failed for a reason a retry
-cannot fix (a diverging loss) leaves `failed.json` instead, which the next run clears and retries.
+cannot fix (a diverging loss) leaves `failed.json` instead, which the next run clears and retries. While a node
+runs, `running.json` says which process runs it and where (removed when it finishes or fails; left behind by a
+process that was killed).
 The root is a local or shared filesystem path (NFS and the like for a cluster).
 """
 
@@ -69,13 +71,24 @@ class ArtifactStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise StorageError(f"{path} cannot be read ({exc}); delete its folder to recompute the node") from None
 
+    def write_running(self, stage: str, key: str, where: dict) -> None:
+        atomic_write_text(self.node_dir(stage, key) / "running.json", json.dumps(where) + "\n")
+
+    def running(self, stage: str, key: str) -> dict | None:
+        try:
+            return json.loads((self.node_dir(stage, key) / "running.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def write_result(self, stage: str, key: str, record: dict) -> None:
         d = self.node_dir(stage, key)
         (d / "failed.json").unlink(missing_ok=True)
         atomic_write_text(d / "result.json", json.dumps(record, indent=1, default=_jsonable) + "\n")
+        (d / "running.json").unlink(missing_ok=True)
 
     def write_failure(self, stage: str, key: str, error: str) -> None:
         atomic_write_text(self.node_dir(stage, key) / "failed.json", json.dumps({"error": error}) + "\n")
+        (self.node_dir(stage, key) / "running.json").unlink(missing_ok=True)
 
     def failure(self, stage: str, key: str) -> str | None:
         path = self.node_dir(stage, key) / "failed.json"

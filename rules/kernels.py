@@ -121,3 +121,16 @@ def _build() -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def status() -> str:
+    """One line for `make install`: whether the native kernels are in use, and what happens if not."""
+    if os.environ.get("SIGSYM_NO_NATIVE"):
+        return ("native feedback kernels: off (SIGSYM_NO_NATIVE is set); usf/frsf rebuild B with torch, brsf draws "
+                "with numpy")
+    lib = _library()
+    if lib is None:
+        return (f"native feedback kernels: NOT available ({why_not_native()}). The rules still work and give the same "
+                "numbers: usf/frsf rebuild B with torch and brsf draws with numpy, slower per step (README, "
+                "'Learning rules'). Install a C compiler (cc, gcc or clang) and run `make install` again.")
+    return f"native feedback kernels: built, {lib._name}"

@@ -81,6 +81,14 @@ def test_data_prepare_missing_source_exit_code(tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
+def test_data_locate_prints_the_source_folder_or_how_to_get_it(tmp_path, capsys):
+    write_fmnist(tmp_path / "src", n_train=20, n_test=10)
+    assert main(["data", "locate", "fashion-mnist", "--src", str(tmp_path / "src")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "src")
+    assert main(["data", "locate", "fashion-mnist", "--src", str(tmp_path / "none")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
 def test_data_prepare_info_and_bench_data(tmp_path, capsys):
     write_fmnist(tmp_path / "src", n_train=300, n_test=50)
     out = str(tmp_path / "fm")

@@ -21,7 +21,7 @@ from datagen import (
 
 from workloads.datasets import DataError, ShardReader, load_manifest, prepare
 from workloads.datasets.codec import encode_png
-from workloads.datasets.sources.fashion_mnist import DEBIAN_PATH, read_idx
+from workloads.datasets.sources.fashion_mnist import FashionMNIST, read_idx
 
 
 def read_all(root, split, **kw):
@@ -269,13 +269,12 @@ def test_class_subset_remap_limit_pad_and_rgb(shards, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DEBIAN_PATH.is_dir(), reason="Debian package dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist_matches_the_idx_files(tmp_path):
-    m, _ = prepare("fashion-mnist", tmp_path / "fm")
+def test_real_fashion_mnist_matches_the_idx_files(tmp_path, fmnist_source):
+    m, _ = prepare("fashion-mnist", tmp_path / "fm", src=fmnist_source)
     assert m.splits["train"].count == 60_000 and m.splits["test"].count == 10_000
     for split, stem in (("train", "train"), ("test", "t10k")):
-        imgs = read_idx(DEBIAN_PATH / f"{stem}-images-idx3-ubyte.gz")
-        labels = read_idx(DEBIAN_PATH / f"{stem}-labels-idx1-ubyte.gz")
+        imgs = read_idx(FashionMNIST._find(fmnist_source, f"{stem}-images-idx3-ubyte"))
+        labels = read_idx(FashionMNIST._find(fmnist_source, f"{stem}-labels-idx1-ubyte"))
         reader = ShardReader(tmp_path / "fm", split, batch_size=4096, channels=1)
         x = torch.cat([b[0] for b in reader])
         y = torch.cat([b[1] for b in reader])

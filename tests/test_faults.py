@@ -146,26 +146,16 @@ sys.exit(0 if summary.ok else 1)
     killed = []
 
     def kill_a_trial_worker(proc: subprocess.Popen) -> None:
-        def trial_workers() -> set[int]:
-            found = set()
-            for q in psutil.process_iter(["name"]):
-                try:
-                    if q.info["name"] == "ray::ImplicitFunc.train" and os.getsid(q.pid) == proc.pid:
-                        found.add(q.pid)
-                except (psutil.Error, ProcessLookupError):
-                    continue
-            return found
-
-        earlier = trial_workers()  # the pretraining level's, if Ray has not reaped them yet
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed:
-            new = trial_workers() - earlier
-            if new:
-                time.sleep(1.0)  # mid-trial, not before it started
-                pid = min(new)
+        # every node writes running.json (its worker's pid) as it starts: the first fine-tuning's is the event
+        started = tmp_path / "out" / "store" / "finetune"
+        for _ in range(600):  # a readiness wait, not a speed check: up to a minute for the level's first trial
+            found = sorted(started.glob("*/running.json"))
+            if found:
+                pid = json.loads(found[0].read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-            time.sleep(0.2)
+                return
+            time.sleep(0.1)
 
     log, code = _run_until([sys.executable, "-c", script], tmp_path, "[finetune] 4 nodes", kill_a_trial_worker,
                            go_on=True)

@@ -303,7 +303,9 @@ def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
     from rules import kernels
 
     if kernels._library() is None:
-        pytest.skip(f"no native kernels: {kernels.why_not_native()}")
+        from conftest import require
+
+        require("the native feedback kernels", f"{kernels.status()}")
     libs = {"default": kernels._library().sigsym_resign}
     cc = shutil.which("cc") or shutil.which("gcc")
     for name, flag in ([("portable", "-DSIGSYM_NO_CLONES"), ("avx2", "-DSIGSYM_NO_AVX512")] if cc else []):

@@ -327,3 +327,38 @@ def test_checkpointing_and_offloading_give_the_same_gradients(rule):
     for mode in ["offload", "checkpoint", "reentrant"]:
         for a, b in zip(ref, grads(mode), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=mode)
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_without_native_kernels_the_same_feedback_and_the_same_checks(rule, monkeypatch):
+    """SIGSYM_NO_NATIVE (no compiler, or switched off): usf/frsf rebuild B with torch and brsf draws with numpy.
+    Every layer still passes the reference checks, and B is bit for bit the native path's, through a weight update
+    that flips signs (usf/frsf keep B current through the sign record natively) and a fresh draw (brsf)."""
+    from rules import kernels
+
+    def steps(native: bool) -> dict[str, torch.Tensor]:
+        if native:
+            monkeypatch.delenv("SIGSYM_NO_NATIVE", raising=False)
+        else:
+            monkeypatch.setenv("SIGSYM_NO_NATIVE", "1")
+        model = no_inplace(torchvision.models.resnet18(num_classes=10))
+        handle = rules.attach(model, rule, seed=3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)  # large: many weights change sign
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+            opt.step()
+        model(torch.rand(2, 3, 32, 32)).sum().backward()  # B as the latest backward used it
+        return {name: b.clone() for name, b in handle.feedback_matrices().items()}
+
+    torch.manual_seed(0)
+    native = steps(True)
+    torch.manual_seed(0)
+    fallback = steps(False)
+    assert kernels._library() is None  # the switch took
+    assert native.keys() == fallback.keys() and len(native) == 21
+    for name in native:
+        assert torch.equal(native[name], fallback[name]), name
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    assert run_and_check(torchvision.models.resnet18(num_classes=10), rule, x) == 21
+    assert run_and_check(SmallNet(), rule, torch.randn(4, 3, 16, 16, requires_grad=True)) == 7

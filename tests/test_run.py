@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -52,15 +51,14 @@ def test_first_run_executes_every_node_and_reports(smoke):
 
 
 def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
-    work, args, first, first_seconds = smoke
+    work, args, first, _ = smoke
     assert first.returncode == 0
-    t0 = time.perf_counter()
+    tune_runs = sorted((work / "out" / "tune").iterdir())
     again = harness(*args, "--no-report", cwd=work)
-    seconds = time.perf_counter() - t0
     assert again.returncode == 0, again.stderr[-2000:]
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 0" in again.stderr
-    assert "[ray]" not in again.stderr  # nothing to run: Ray is not even started
-    assert seconds < 0.25 * first_seconds
+    # nothing to run: Ray is not even started and no Tune run is made (how fast that is: `harness bench`, not here)
+    assert "[ray]" not in again.stderr and sorted((work / "out" / "tune").iterdir()) == tune_runs
     changed = harness(*args, "--no-report", "--set", "attacks.1.eps=[0,0.05]", cwd=work)
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 4" in changed.stderr

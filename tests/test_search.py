@@ -17,7 +17,7 @@ from harness.dag import load_dag
 from harness.plan import build_plan
 from harness.search import SEARCHED, Trial, choose
 from workloads.datasets import ShardReader, prepare
-from workloads.datasets.sources.fashion_mnist import DEBIAN_PATH, read_idx
+from workloads.datasets.sources.fashion_mnist import FashionMNIST, read_idx
 from workloads.errors import ConfigError, DataError, TrialError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,22 +115,19 @@ def test_missing_override_file(shards):
         load_dag(SMOKE, [f"datasets.fashion-mnist.root={shards}"], ["nowhere.yaml"])
 
 
-def _fmnist_subset(folder: Path, n_train: int, n_test: int) -> None:
-    """The first images of the real Fashion-MNIST where the Debian package is installed, else random ones."""
-    if not DEBIAN_PATH.is_dir():
-        write_fmnist(folder, n_train=n_train, n_test=n_test)
-        return
+def _fmnist_subset(source: Path, folder: Path, n_train: int, n_test: int) -> None:
+    """The first images of the real Fashion-MNIST (a search on random images has nothing to find)."""
     folder.mkdir(parents=True)
     for stem, n in (("train", n_train), ("t10k", n_test)):
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            arr = read_idx(DEBIAN_PATH / f"{stem}-{kind}.gz")[:n]
+            arr = read_idx(FashionMNIST._find(source, f"{stem}-{kind}"))[:n]
             (folder / f"{stem}-{kind}").write_bytes(idx_bytes(np.asarray(arr)))
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tmp_path):
-    _fmnist_subset(tmp_path / "src", 1000, 100)
+def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(tmp_path, fmnist_source):
+    _fmnist_subset(fmnist_source, tmp_path / "src", 1000, 100)
     prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
     sets = ["--set", f"datasets.fashion-mnist.root={tmp_path / 'fm'}",
             "--set", "datasets.fashion-mnist.train_limit=160"]

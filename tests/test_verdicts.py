@@ -386,15 +386,12 @@ converge: {{params: {{loss: dlr, steps: 10, restarts: 1}}, batch_size: 100}}
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_on_real_fashion_mnist_frsf_is_gradient_obfuscation_and_bp_agrees_with_itself(tmp_path):
+def test_on_real_fashion_mnist_frsf_is_gradient_obfuscation_and_bp_agrees_with_itself(tmp_path, fmnist_source):
     from smokerun import harness
 
     from workloads.datasets import prepare
-    from workloads.datasets.sources.fashion_mnist import DEBIAN_PATH
 
-    if not DEBIAN_PATH.is_dir():
-        pytest.skip("real Fashion-MNIST is not installed (`make fmnist-source`)")
-    prepare("fashion-mnist", tmp_path / "fm")
+    prepare("fashion-mnist", tmp_path / "fm", src=fmnist_source)
     dag = tmp_path / "dag.yaml"
     dag.write_text(REAL_DAG.format(root=tmp_path / "fm"))
     done = harness("run", str(dag), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
