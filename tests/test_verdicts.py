@@ -408,3 +408,55 @@ def test_on_real_fashion_mnist_frsf_is_gradient_obfuscation_and_bp_agrees_with_i
     assert frsf["attack converged"] == "pass"  # the re-run ran on the survivors, and moved nothing beyond noise
     readme = (tmp_path / "results" / "README.md").read_text()
     assert "gradient obfuscation" in readme and "rule gradient above exact" in readme
+
+
+def test_a_cells_line_and_every_checks_numbers_read_exactly_so():
+    """The report's words are its product: every number a check decided on, as a reader sees it."""
+    rule = {("pgd", "rule"): {0: 1.0, 0.05: 0.7, 0.1: 0.55}, ("pgd", "exact"): {0: 1.0, 0.05: 0.1, 0.1: 0.0},
+            ("pgd", "transfer"): {0: 1.0, 0.1: 0.02}, ("fgsm", "rule"): {0: 1.0, 0.1: 0.6},
+            ("hsja", None): {0: 1.0, 0.1: 0.4}}
+    outcomes = pl.concat([table("frsf", rule, clean=0.9), rerun("frsf", 0.0, 0.0), table("bp", BP)])
+    cell = decide([assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE,
+                          cosine=1.0, reran=True)], SETTINGS)[0]
+    assert cell.line == (
+        "**frsf** (d/b/classification, this model: seed 0): gradient obfuscation. Worst case 0.0% [0.0%, 1.9%] "
+        "(n=200), most breaks by pgd/exact 180, pgd/transfer 176, hsja/none 100; its own gradient says 55.0% "
+        "(overstated by 55.0%); bp on the same attacks and images 0.0% [0.0%, 1.9%] (n=200) (Holm-adjusted "
+        "p=2.66e-87, margin 0.05); signs of obfuscation: rule gradient above exact, transfer or black-box stronger.")
+    assert [(c.name, c.passed, c.kind, c.detail) for c in cell.checks] == [
+        ("bp gradients agree", True, "sanity", "0 of 200 outcomes differ between bp's rule and exact attacks; "
+                                               "cosine 1.000000"),
+        ("exact gradient not weaker", True, "sanity",
+         "pgd: exact 0.0% vs rule 55.0% (p=1 that exact is weaker by more than 0.05)"),
+        ("accuracy falls with eps", True, "sanity", "no budget's own run is more accurate than a smaller one's"),
+        ("attacks break bp", True, "sanity",
+         "bp's worst case at eps 0.1: 0.0% [0.0%, 1.9%] (n=200) by pgd/exact 200, pgd/rule 200 (limit 10.0%)"),
+        ("attack converged", True, "convergence", "the other attacks broke every image: nothing to re-run"),
+        ("rule gradient above exact", True, "sign", "pgd: rule 55.0% vs exact 0.0% (p=7.7e-34)"),
+        ("transfer or black-box stronger", True, "sign",
+         "pgd/transfer 2.0% vs every rule-gradient attack 55.0% (p=1.23e-32)"),
+        ("single step stronger than iterative", False, "sign", "fgsm 60.0% vs pgd 55.0%, rule gradient (p=1)")]
+    assert (cell.clean.k, cell.clean.n, cell.own.k, cell.bp_worst.k) == (180, 200, 110, 0)
+
+
+def test_a_retrieval_cells_line_and_checks_read_in_map():
+    cell = retrieval_verdict({("hag", "rule"): {0: 0.85, 0.1: 0.7}, ("hag", "exact"): {0: 0.85, 0.1: 0.15},
+                              ("hag", "transfer"): {0: 0.85, 0.1: 0.35}}, BP_HASH)
+    assert cell.line == (
+        "**frsf** (d/b/hashing, this model: seed 0): gradient obfuscation. Worst case mAP 0.150 [0.139, 0.161] "
+        "(n=100 queries), lowest mAP by hag/exact 0.150, hag/transfer 0.350, hag/rule 0.700; its own gradient says "
+        "0.700 (overstated by 0.550); bp on the same attacks and queries mAP 0.140 [0.129, 0.150] (n=100 queries) "
+        "(Holm-adjusted p=7.89e-31, margin 0.05); signs of obfuscation: rule gradient above exact, transfer or "
+        "black-box stronger.")
+    assert [(c.name, c.passed, c.detail) for c in cell.checks] == [
+        ("bp gradients agree", True, "0 of 100 outcomes differ between bp's rule and exact attacks"),
+        ("exact gradient not weaker", True, "hag: exact 0.150 vs rule 0.700 (p=1 that exact is weaker by more than "
+                                            "0.05)"),
+        ("accuracy falls with eps", True, "no budget's own run is more accurate than a smaller one's"),
+        ("attacks break bp", True, "bp's worst case at eps 0.1: mAP 0.140 [0.129, 0.150] (n=100 queries) by "
+                                   "hag/exact 0.140, hag/rule 0.140 (limit 0.250)"),
+        ("attack converged", None, "retrieval attacks have no convergence re-run"),
+        ("rule gradient above exact", True, "hag: rule 0.700 vs exact 0.150 (p=7.89e-31)"),
+        ("transfer or black-box stronger", True, "hag/transfer 0.350 vs every rule-gradient attack 0.700 "
+                                                 "(p=7.89e-31)"),
+        ("single step stronger than iterative", None, "no single-step and iterative rule attacks")]
