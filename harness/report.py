@@ -321,8 +321,14 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
 
 
 def _rule_lines(cells: list) -> list[str]:
-    """A verdict about a rule, not one model, needs three or more seeds that agree (docs/evaluation.md)."""
+    """A verdict about a rule, not one model, needs three or more seeds (docs/evaluation.md): each seed's verdict is
+    decided on its own (Holm over every cell), then the rule line says whether they agree and gives the worst case
+    and the own-gradient number as a mean with its t-interval across seeds."""
     from harness.stats import t_interval
+
+    def across(values: list[float], f) -> str:
+        lo, hi = t_interval(values)
+        return f"{f(sum(values) / len(values))} mean, t-interval [{f(lo)}, {f(hi)}]"
 
     lines, groups = [], {}
     for c in cells:
@@ -330,12 +336,14 @@ def _rule_lines(cells: list) -> list[str]:
     for (dataset, backbone, task, rule), cs in groups.items():
         if rule == "bp" or len(cs) < 3:
             continue
-        verdicts = {c.verdict for c in cs}
-        lo, hi = t_interval([c.worst.value for c in cs])
-        mean = sum(c.worst.value for c in cs) / len(cs)
-        head = f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds)"
-        what = next(iter(verdicts)) if len(verdicts) == 1 else f"mixed across seeds ({', '.join(sorted(verdicts))})"
-        lines.append(f"{head}: {what}; worst case {mean:.1%} mean, t-interval [{lo:.1%}, {hi:.1%}].")
+        f = cs[0].measure.fmt
+        verdicts = sorted({c.verdict for c in cs})
+        what = verdicts[0] if len(verdicts) == 1 else f"mixed across seeds ({', '.join(verdicts)})"
+        text = (f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds): {what}; worst case "
+                f"{across([c.worst.value for c in cs], f)}")
+        if all(c.own is not None for c in cs):
+            text += f"; its own gradient says {across([c.own.value for c in cs], f)}"
+        lines.append(text + ".")
     return lines
 
 

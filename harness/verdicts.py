@@ -59,7 +59,8 @@ class VerdictSettings(Section):
         hashing budget of a descriptive table and `bp_broken_below` one number, for classification."""
         logged = dict(logged)
         if "retrieval" in logged:
-            logged["primary"] = {"hashing": logged.pop("retrieval"), **logged.get("primary", {})}
+            logged["primary"] = {**logged.get("primary", {"classification": 0.1})}
+            logged["primary"].setdefault("hashing", logged.pop("retrieval"))
         if isinstance(logged.get("bp_broken_below"), float):
             logged["bp_broken_below"] = {**cls().bp_broken_below, "classification": logged["bp_broken_below"]}
         return cls.model_validate(logged)

@@ -323,7 +323,7 @@ def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
 def test_settings_logged_before_retrieval_verdicts_read_as_they_were_meant():
     old = VerdictSettings.from_logged({"primary": {"classification": 0.05}, "delta": 0.05, "bp_broken_below": 0.2,
                                        "retrieval": 0.03, "blackbox_weak_above": 0.2})
-    assert old.primary == {"hashing": 0.03, "classification": 0.05}
+    assert old.primary == {"classification": 0.05, "hashing": 0.03}
     assert old.bp_broken_below == {"classification": 0.2, "hashing": 0.25}
     assert VerdictSettings.from_logged(VerdictSettings().model_dump()) == VerdictSettings()
 
@@ -460,3 +460,22 @@ def test_a_retrieval_cells_line_and_checks_read_in_map():
         ("transfer or black-box stronger", True, "hag/transfer 0.350 vs every rule-gradient attack 0.700 "
                                                  "(p=7.89e-31)"),
         ("single step stronger than iterative", None, "no single-step and iterative rule attacks")]
+
+
+def test_a_verdict_about_the_rule_needs_three_seeds_and_says_whether_they_agree():
+    from harness.report import _rule_lines
+
+    def seed(s: int, own: float, exact: float) -> Cell:
+        attacks = {("pgd", "rule"): {0: 1.0, 0.1: own}, ("pgd", "exact"): {0: 1.0, 0.1: exact}}
+        outcomes = pl.concat([table("frsf", attacks), table("bp", BP)]).with_columns(pl.lit(s).alias("seed"))
+        model = {**CELL, "seed": s}
+        return assess(outcomes, {**model, "rule": "frsf"}, {**model, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)
+
+    agree = decide([seed(0, 0.5, 0.0), seed(1, 0.6, 0.0), seed(2, 0.7, 0.0)], SETTINGS)
+    assert _rule_lines(agree) == [
+        "**frsf** (d/b/classification, the rule over 3 seeds): gradient obfuscation; worst case 0.0% mean, "
+        "t-interval [0.0%, 0.0%]; its own gradient says 60.0% mean, t-interval [35.2%, 84.8%]."]
+    assert _rule_lines(agree[:2]) == []  # two seeds say something about these models only
+    mixed = decide([seed(0, 0.5, 0.0), seed(1, 0.6, 0.6), seed(2, 0.7, 0.0)], SETTINGS)
+    assert _rule_lines(mixed)[0].startswith("**frsf** (d/b/classification, the rule over 3 seeds): mixed across "
+                                            "seeds (gradient obfuscation, robust beyond bp); worst case 20.0% mean")
