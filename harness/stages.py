@@ -28,7 +28,11 @@ def run_node(node: dict, store: ArtifactStore, progress: Progress | None = None,
     t0 = time.perf_counter()
     runner = {"pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "attack": _attack,
               "converge": _converge}[stage]
-    result = runner(node, store, progress)
+    try:
+        result = runner(node, store, progress)
+    except BaseException:
+        store.clear_running(stage, key)  # it stopped: the caller records why (failed.json), or nothing if it must not
+        raise
     record = {"node": node, "result": result, "seconds": time.perf_counter() - t0, "where": here}
     store.write_result(stage, key, record)
     return record

@@ -74,21 +74,18 @@ class ArtifactStore:
     def write_running(self, stage: str, key: str, where: dict) -> None:
         atomic_write_text(self.node_dir(stage, key) / "running.json", json.dumps(where) + "\n")
 
-    def running(self, stage: str, key: str) -> dict | None:
-        try:
-            return json.loads((self.node_dir(stage, key) / "running.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+    def clear_running(self, stage: str, key: str) -> None:
+        (self.node_dir(stage, key) / "running.json").unlink(missing_ok=True)
 
     def write_result(self, stage: str, key: str, record: dict) -> None:
         d = self.node_dir(stage, key)
         (d / "failed.json").unlink(missing_ok=True)
         atomic_write_text(d / "result.json", json.dumps(record, indent=1, default=_jsonable) + "\n")
-        (d / "running.json").unlink(missing_ok=True)
+        self.clear_running(stage, key)
 
     def write_failure(self, stage: str, key: str, error: str) -> None:
         atomic_write_text(self.node_dir(stage, key) / "failed.json", json.dumps({"error": error}) + "\n")
-        (self.node_dir(stage, key) / "running.json").unlink(missing_ok=True)
+        self.clear_running(stage, key)
 
     def failure(self, stage: str, key: str) -> str | None:
         path = self.node_dir(stage, key) / "failed.json"
