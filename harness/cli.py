@@ -98,12 +98,18 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = which.add_parser(
         "prepare", help="write {split}-%%06d.tar shards + manifest.json for a dataset",
         description="Reads a dataset in its original format and writes WebDataset shards plus a manifest (counts, "
-        "classes, label kind, image size, checksums). Re-running on an unchanged source does nothing.")
+        "classes, label kind, image size, checksums). Re-running on an unchanged source does nothing. Existing "
+        "WebDataset shards are indexed where they are, not copied: `harness data prepare webdataset --src "
+        "'train=shards/train-{000000..000099}.tar,test=https://host/test-{0000..0009}.tar' --out data/mine`.")
     p.add_argument("name", help="a dataset adapter, e.g. fashion-mnist, cifar10, imagefolder, hashlist "
                    "(`harness data list`)")
     p.add_argument("--src", default=None, help="where the source data is (default: the adapter's usual place)")
     p.add_argument("--out", default=None, help="output folder (default: data/NAME)")
     p.add_argument("--image-root", default=None, help="hashlist only: folder the list files' paths are relative to")
+    p.add_argument("--image-key", default=None, help="webdataset only: the image member's extensions, ';'-separated "
+                   "in order of preference (default: jpg;jpeg;png;webp)")
+    p.add_argument("--label-key", default=None, help="webdataset only: the label member, cls (default), json, or "
+                   "json:FIELD")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default: %(default)s)")
     p.add_argument("--download", action="store_true", help="let torchvision download the source if it is missing")
     p.add_argument("--force", action="store_true", help="rewrite the shards even if the source is unchanged")

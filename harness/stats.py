@@ -19,14 +19,14 @@ import math
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
 ALPHA = 0.05
 Z = 1.6448536269514722  # the one-sided 95% normal quantile
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    from statsmodels.stats.proportion import proportion_confint
-
     if n == 0:
         return math.nan, math.nan
     lo, hi = proportion_confint(k, n, alpha=ALPHA, method="wilson")
@@ -110,8 +110,6 @@ def equivalent(a: np.ndarray, b: np.ndarray, delta: float) -> float:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    from statsmodels.stats.multitest import multipletests
-
     if not pvalues:
         return []
     return [float(p) for p in multipletests(pvalues, alpha=ALPHA, method="holm")[1]]

@@ -45,6 +45,9 @@ class Manifest:
     splits: dict[str, SplitInfo]
     source: dict[str, Any]
     format: str = FORMAT
+    # which members hold a sample's image and label: {"image": ["jpg", ...], "label": "cls" | "json" | "json:FIELD"};
+    # empty for shards the harness wrote (an image member and cls, json or the older labels)
+    members: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -71,6 +74,7 @@ class Manifest:
             m = Manifest(
                 dataset=str(d["dataset"]), label_kind=str(d["label_kind"]), classes=[str(c) for c in d["classes"]],
                 image=dict(d["image"]), splits=splits, source=dict(d.get("source", {})), format=d["format"],
+                members=dict(d.get("members", {})),
             )
         except DataError:
             raise
@@ -107,10 +111,13 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def check_shard_files(root: Path, manifest: Manifest, deep: bool = False) -> None:
-    """Every shard the manifest lists exists with its size (and, if `deep`, its checksum)."""
+    """Every local shard the manifest lists exists with its size (and, if `deep`, its checksum). Shards behind a URL
+    are checked as they are read (the reader verifies every shard's size and checksum)."""
     for split, info in manifest.splits.items():
         for sh in info.shards:
-            p = root / sh.name
+            if "://" in sh.name or sh.name.startswith("pipe:"):
+                continue
+            p = root / sh.name  # an absolute name (a shard indexed in place) stays itself
             if not p.is_file():
                 raise DataError(f"shard {p} listed in the manifest (split {split!r}) is missing")
             size = os.path.getsize(p)

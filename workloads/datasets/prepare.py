@@ -52,7 +52,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write(source, tmp, shard_size, progress)
+        manifest = source.index(tmp, progress) if source.in_place else _write(source, tmp, shard_size, progress)
         manifest.source = {"name": name, "path": str(source.locate()), "fingerprint": fingerprint, "options": options}
         (tmp / MANIFEST).write_text(manifest.to_json())
         _swap_into_place(tmp, out)

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from workloads.datasets.codec import IMAGE_EXTS, decode_image, decode_label
+from workloads.datasets.codec import IMAGE_EXTS, LABEL_MEMBERS, decode_image, decode_label, label_member
 from workloads.datasets.manifest import Manifest, ShardInfo, load_manifest
-from workloads.datasets.tario import iter_tar, key_of
+from workloads.datasets.tario import iter_tar, key_of, samples
 from workloads.errors import DataError
 
 CACHE_LIMIT_BYTES = 2 << 30
@@ -40,6 +40,11 @@ CACHE_LIMIT_BYTES = 2 << 30
 class _Decoded:
     images: list[np.ndarray] | np.ndarray  # uint8 HxWxC each (stacked when sizes agree)
     labels: list  # int or list[int]
+
+
+def is_location(name: str) -> bool:
+    """A URL, a `pipe:` command or an absolute path: anything but a file name beside the manifest."""
+    return "://" in name or name.startswith("pipe:") or os.path.isabs(name)
 
 
 def _read_bytes(location: str) -> bytes:
@@ -160,7 +165,8 @@ class ShardReader:
 
     # -- reading one shard -------------------------------------------------------------------------------------
     def _shard_path(self, shard: ShardInfo) -> str:
-        return f"{self.root.rstrip('/')}/{shard.name}"
+        """Shards the harness wrote sit beside the manifest; shards indexed in place keep their own location."""
+        return shard.name if is_location(shard.name) else f"{self.root.rstrip('/')}/{shard.name}"
 
     def _read_shard(self, shard: ShardInfo, want: int | None = None) -> _Decoded:
         """Decode the kept samples of one verified shard; with `want`, stop once that many are decoded."""
@@ -169,28 +175,21 @@ class ShardReader:
         if self.verify and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
             raise DataError(self._locate_damage(shard, data))
         images, labels = [], []
-        pending: dict[str, dict[str, bytes]] = {}
-        for member, payload in iter_tar(data, where):
-            key, _, ext = member.partition(".")
-            pending.setdefault(key, {})[ext] = payload
-            fields = pending[key]
-            if len(fields) < 2:
-                continue
-            del pending[key]
-            img_ext = next((e for e in fields if e in IMAGE_EXTS), None)
-            lab_ext = "cls" if "cls" in fields else ("labels" if "labels" in fields else None)
+        image_keys, label_key = self.manifest.members.get("image", IMAGE_EXTS), self.manifest.members.get("label", "")
+        for key, fields in samples(iter_tar(data, where)):
+            img_ext = next((e for e in image_keys if e in fields), None)
+            lab_ext = label_member(fields, label_key)
             if img_ext is None or lab_ext is None:
-                raise DataError(f"shard {where}, sample {key!r}: expected an image and a label, got {sorted(fields)}")
-            label = decode_label(lab_ext, fields[lab_ext], f"shard {where}, sample {key!r}", self.manifest.num_classes)
+                raise DataError(f"shard {where}, sample {key!r}: expected an image ({'/'.join(image_keys)}) and a "
+                                f"label ({label_key or '/'.join(LABEL_MEMBERS)}), got {sorted(fields)}")
+            label = decode_label(lab_ext, fields[lab_ext.split(":", 1)[0]], f"shard {where}, sample {key!r}",
+                                 self.manifest.num_classes)
             if not self._keep(label) or not self._in_part(key):
                 continue
             images.append(decode_image(fields[img_ext], f"shard {where}, sample {key!r}", self._decode_channels()))
             labels.append(label)
             if want is not None and len(labels) >= want:
                 return _Decoded(images, labels)  # a limit: the rest of the shard is not needed
-        if pending:
-            key, fields = next(iter(pending.items()))
-            raise DataError(f"shard {where}, sample {key!r}: incomplete sample (only {sorted(fields)})")
         return _Decoded(images, labels)
 
     def _locate_damage(self, shard: ShardInfo, data: bytes) -> str:
@@ -339,6 +338,7 @@ class ShardReader:
             return torch.from_numpy(self._remap[y] if self._remap is not None else y)
         hot = np.zeros((len(labels), self.num_classes), dtype=np.float32)
         for row, labs in enumerate(labels):
+            labs = labs if isinstance(labs, list) else [labs]  # json:FIELD may hold one index or a list
             cols = [self._remap[i] for i in labs] if self._remap is not None else labs
             hot[row, [c for c in cols if c >= 0]] = 1.0
         return torch.from_numpy(hot)

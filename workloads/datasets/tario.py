@@ -43,6 +43,7 @@ def iter_tar(data: bytes, shard: str) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of each regular file in `data`; DataError naming `shard` on any damage."""
     pos, n = 0, len(data)
     last = "(start of shard)"
+    override: dict[str, str] = {}  # a PAX extended header's fields for the next member (path, size)
     while pos + BLOCK <= n:
         header = data[pos : pos + BLOCK]
         if header == b"\0" * BLOCK:
@@ -56,14 +57,22 @@ def iter_tar(data: bytes, shard: str) -> Iterator[tuple[str, bytes]]:
         if prefix:
             name = f"{prefix}/{name}"
         size = _octal(header[124:136])
+        kind = header[156:157]
+        if kind in (b"0", b"\0") and override:  # what a PAX header said of this member wins over its ustar fields
+            name = override.get("path", name)
+            size = int(override["size"]) if override.get("size", "").isdigit() else size
         if size < 0:
             raise DataError(f"shard {shard} is corrupt: bad size field in the tar header of {name!r}")
-        kind = header[156:157]
         start = pos + BLOCK
         end = start + size
         if end > n:
             raise DataError(f"shard {shard} is truncated inside member {name!r} (sample key {key_of(name)!r})")
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
+        if kind in (b"x", b"g"):  # PAX headers (Python's tarfile, webdataset's TarWriter): `LEN key=value\n`
+            if kind == b"x":
+                override = _pax_fields(data[start:end], shard)
+            continue
+        override = {}
         if kind not in (b"0", b"\0"):
             raise DataError(f"shard {shard} holds {name!r}, which is not a regular file; shards hold files only")
         if "/" in name or "\\" in name or name.startswith(".") or ".." in name or not name:
@@ -75,6 +84,40 @@ def iter_tar(data: bytes, shard: str) -> Iterator[tuple[str, bytes]]:
                     "no end-of-archive marker)")
 
 
+def _pax_fields(block: bytes, shard: str) -> dict[str, str]:
+    fields, pos = {}, 0
+    while pos < len(block):
+        length, _, rest = block[pos:].partition(b" ")
+        try:
+            size = int(length)
+        except ValueError:
+            raise DataError(f"shard {shard} is corrupt: a PAX header record does not start with its length") from None
+        if size <= 0:
+            raise DataError(f"shard {shard} is corrupt: a PAX header record of length {size}")
+        key, _, value = block[pos + len(length) + 1 : pos + size].rstrip(b"\n").partition(b"=")
+        fields[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += size
+    return fields
+
+
 def key_of(member: str) -> str:
     """WebDataset key: the member name up to its first dot."""
     return member.split(".", 1)[0]
+
+
+def samples(members: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """WebDataset's grouping: consecutive members with the same key are one sample, {extension: bytes}; a key that
+    comes back after another one began is an error (a sample split in two), not a silently merged sample."""
+    key, fields, done = None, {}, set()
+    for name, payload in members:
+        k, _, ext = name.partition(".")
+        if k != key:
+            if key is not None:
+                yield key, fields
+                done.add(key)
+            if k in done:
+                raise DataError(f"sample {k!r} appears twice, apart: its members must be consecutive")
+            key, fields = k, {}
+        fields[ext] = payload
+    if key is not None:
+        yield key, fields

@@ -37,6 +37,9 @@ class Source:
     # a fixed-layout dataset's split -> sample count and image shape; others override the methods that read them
     splits: ClassVar[dict[str, int]] = {}
     image: ClassVar[dict] = {"height": None, "width": None, "channels": None}
+    # shards that already exist (WebDataset): `index(folder, progress)` builds the manifest where they are, and
+    # nothing is written but the manifest and the per-sample index
+    in_place: ClassVar[bool] = False
 
     def __init__(self, src: str | Path | None = None, download: bool = False) -> None:
         self.src = Path(src).expanduser() if src is not None else None
