@@ -35,7 +35,7 @@ def _sets(p: argparse.ArgumentParser, what: str, example: str) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure speed as ratios to a baseline run in the same process")
-    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data,train,attacks}")
+    which = bench.add_subparsers(dest="bench", required=True, metavar="{rules,data,train,attacks,rerun}")
 
     def common(p: argparse.ArgumentParser, rounds: int, rules: bool = True, device: bool = True) -> None:
         if rules:
@@ -90,6 +90,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--batches", type=int, default=2, help="batches per PGD run (default: 2)")
     a.add_argument("--steps", type=int, default=5, help="PGD steps (default: 5)")
     common(a, 10)
+    rr = which.add_parser(
+        "rerun", help="`harness run DAG` once, then again with nothing to do: wall times and their ratio",
+        description="Runs `harness run DAG` as a user would (a new process each time), first whatever the run "
+        "folder needs, then `--rounds` more times with every node in the store, and prints the ratio of the "
+        "median rerun to the first run.")
+    rr.add_argument("dag", help="a DAG file, e.g. dags/smoke.yaml")
+    rr.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="DAG overrides, as for `harness run`")
+    rr.add_argument("--run-out", default=None, help="the run folder (`harness run --out`; default: runs/EXPERIMENT)")
+    rr.add_argument("--rounds", type=int, default=3, help="reruns (default: %(default)s)")
+    rr.add_argument("--out", default="results/bench/rerun.json", help="JSON output (default: %(default)s)")
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -374,6 +385,23 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    import time
+
+    from harness import rerun
+
+    t0 = time.perf_counter()
+    inputs = rerun.fingerprint(args.dag, args.sets, args.overrides, args.out, args.tracking_uri, args.results,
+                               not args.no_report)
+    last = rerun.unchanged(*inputs) if inputs else None
+    if last is not None:  # nothing changed since the last complete run: its answer stands (harness/rerun.py)
+        counts = last["nodes"]
+        _log(f"harness run: {time.perf_counter() - t0:.1f} s; ran: {', '.join(f'{s} 0' for s in counts)}; cached: "
+             f"{', '.join(f'{s} {n}' for s, n in counts.items())} (every node is in the store and nothing changed "
+             f"since the complete run of {last['at']}: nothing logged, the report stands)")
+        if last["summary"]:
+            print(last["summary"])
+        return 0
+
     from harness.dag import load_dag
     from harness.orchestrator import run_dag
     from harness.report import summary_text
@@ -385,8 +413,12 @@ def _run_run(args: argparse.Namespace) -> int:
     ran = ", ".join(f"{s} {n}" for s, n in summary.ran.items())
     cached = ", ".join(f"{s} {n}" for s, n in summary.cached.items())
     _log(f"harness run: {summary.seconds:.0f} s; ran: {ran}; cached: {cached}")
-    if summary.report is not None:
-        print(summary_text(summary.report))
+    text = summary_text(summary.report) if summary.report is not None else ""
+    if text:
+        print(text)
+    if inputs and summary.ok and (results is None or summary.report is not None):
+        rerun.record(inputs[0], inputs[1], summary.results, results,
+                     {s: summary.ran[s] + summary.cached[s] for s in summary.ran}, text)
     for label, error in summary.failed.values():
         _log(f"harness run: FAILED {label}: {error.splitlines()[0]}")
     if summary.skipped:

@@ -35,6 +35,7 @@ class RunSummary:
     skipped: dict = field(default_factory=dict)  # key -> label
     seconds: float = 0.0
     report: dict | None = None
+    results: list = field(default_factory=list)  # every node's result.json, once all finished
 
     @property
     def ok(self) -> bool:
@@ -202,6 +203,8 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                         tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran,
                                          files=[outcomes] if outcomes is not None and outcomes.is_file() else None)
         status = "FINISHED" if summary.ok else "FAILED"
+        if summary.ok:
+            summary.results = [store.node_dir(n.stage, n.key) / "result.json" for n in nodes]
         if results_dir is not None:
             summary.report = _report(tracker, dag.experiment, Path(results_dir), log)
     finally:

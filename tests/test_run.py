@@ -59,6 +59,16 @@ def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 0" in again.stderr
     # nothing to run: Ray is not even started and no Tune run is made (how fast that is: `harness bench`, not here)
     assert "[ray]" not in again.stderr and sorted((work / "out" / "tune").iterdir()) == tune_runs
+    # the same command once more: nothing changed since that complete run, so it answers from its stamp without
+    # opening MLflow (no parent run, the sqlite file untouched)
+    db = (work / "out" / "mlflow.db").stat()
+    parents = len([r for r in _runs(work) if r.data.tags.get("harness.kind") == "run"])
+    third = harness(*args, "--no-report", cwd=work)
+    assert third.returncode == 0 and "nothing changed since the complete run of" in third.stderr, third.stderr
+    assert "ran: pretrain 0, finetune 0, evaluate 0, attack 0" in third.stderr and "cached: pretrain 1, " \
+        "finetune 4, evaluate 4, attack 13" in third.stderr
+    assert (work / "out" / "mlflow.db").stat().st_mtime_ns == db.st_mtime_ns
+    assert len([r for r in _runs(work) if r.data.tags.get("harness.kind") == "run"]) == parents
     changed = harness(*args, "--no-report", "--set", "attacks.1.eps=[0,0.05]", cwd=work)
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 4" in changed.stderr
