@@ -1,3 +1,4 @@
+import gc
 import os
 from pathlib import Path
 
@@ -6,6 +7,9 @@ import torch
 
 # Tests compare numbers across runs; keep them single-threaded-deterministic and quiet.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# statsmodels' Holm correction runs a full gc.collect() per call: with torch, polars and scipy loaded that is ~0.1 s,
+# most of a verdict test's time. Moving what the imports made into the permanent generation makes it ~10x cheaper.
+gc.freeze()
 
 
 @pytest.fixture(autouse=True)

@@ -109,7 +109,7 @@ def test_fuzzed_dag_files_give_clear_errors(dag, tmp_path, capsys, monkeypatch):
             errors += 1
             assert err.startswith("harness: error: ") and err.count("\n") == 1, err
             assert "fuzzed.yaml" in err, f"the error does not name the DAG file: {err}"
-    assert tried == CASES_PER_DAG and errors > CASES_PER_DAG // 2  # the fuzzer really breaks things
+    assert errors > CASES_PER_DAG // 2  # the fuzzer really breaks things
 
 
 @pytest.fixture(scope="module")

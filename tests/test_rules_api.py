@@ -56,6 +56,8 @@ def test_usf_is_scaled_sign():
     for name, layer in h.layers.items():
         w = layer.weight.detach()
         assert torch.equal(h.feedback(name), torch.sign(w) * xavier_std(w))
+    # the scale itself, by hand: Conv2d(8, 8, 3) has fan_in = fan_out = 72, so sqrt(2 / (72 + 72))
+    assert h.feedback("3").abs().unique().tolist() == pytest.approx([(2 / 144) ** 0.5])
 
 
 def test_frsf_changes_only_with_the_sign_of_w_and_survives_a_checkpoint():
@@ -71,6 +73,7 @@ def test_frsf_changes_only_with_the_sign_of_w_and_survives_a_checkpoint():
     after = h.feedback("3")
     assert torch.equal(after[0], -before[0]) and torch.equal(after[1:], before[1:])
     bound = xavier_bound(w)
+    assert bound == pytest.approx((6 / 144) ** 0.5)  # Xavier-uniform's bound for fan_in = fan_out = 72, by hand
     assert (after.abs() <= bound).all() and (after.abs() > 0).all()
 
     buf = io.BytesIO()
@@ -223,7 +226,9 @@ def test_evaluation_under_no_grad_builds_no_rule_graph():
     with torch.no_grad():
         out = model(x)
     assert out.grad_fn is None
-    assert torch.is_grad_enabled()
+    out = model(x)  # and with gradients again, the rule's graph is back
+    out.sum().backward()
+    assert out.grad_fn is not None and x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_forward_error_restores_grad_mode():

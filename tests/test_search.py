@@ -147,15 +147,12 @@ def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(
     assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
     m, p = parent.data.metrics, parent.data.params
     for rule in ("bp", "frsf"):
-        assert m[f"best_val/{rule}"] >= m[f"baseline_val/{rule}"]
         assert {f"best.{rule}.{k}" for k in (*SEARCHED, "epochs")} <= set(p)
         # the parent's best is the best of what its trial children logged, and names that trial's setting
         mine = [t for t in trials if t.data.tags["axis.rule"] == rule]
-        base = next(t for t in mine if t.data.tags["search.phase"] == "baseline")
         scores = {t.info.run_id: t.data.metrics["best_val"] for t in mine if t.data.tags["search.phase"] == "search"}
         top = max(scores, key=scores.get)
         assert m[f"best_val/{rule}"] == max(scores[top], m[f"baseline_val/{rule}"])
-        assert base.data.metrics["best_val"] >= m[f"baseline_val/{rule}"]
         unique = sum(v == scores[top] for v in scores.values()) == 1
         if scores[top] > m[f"baseline_val/{rule}"] and unique:
             winner = next(t for t in mine if t.info.run_id == top)
@@ -177,3 +174,37 @@ def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(
         if node.stage == "finetune" and cell in cells:
             assert node.config["finetune"] == {**node.config["finetune"], **cells[cell]}
             assert str(node.config["finetune"]["epochs"]) == p[f"best.{node.axes['rule']}.epochs"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_asha_stops_a_bad_setting_before_its_last_epoch(tmp_path, fmnist_source):
+    """Learning rates drawn across 6 orders of magnitude (--spread 1000) include settings that cannot learn in a few
+    epochs; with one trial at a time (a trial asks for every CPU), ASHA compares each trial at epoch 1 and 2 with
+    those before it and ends the clearly worse ones there, short of their 3 epochs. The draws are seeded, so the
+    same trials run every time."""
+    import os
+
+    _fmnist_subset(fmnist_source, tmp_path / "src", 600, 100)
+    prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "harness", "search", str(SMOKE), "--set",
+           f"datasets.fashion-mnist.root={tmp_path / 'fm'}", "--set", "datasets.fashion-mnist.train_limit=160",
+           "--set", f"resources.finetune.cpu={os.cpu_count()}", "--rules", "bp", "--samples", "6", "--max-epochs",
+           "3", "--spread", "1000", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("smoke")
+    trials = [r for r in mlflow.search_runs([exp.experiment_id], output_format="list")
+              if r.data.tags.get("search.phase") == "search"]
+    client = mlflow.MlflowClient()
+    curves = {t.info.run_id: [m.value for m in client.get_metric_history(t.info.run_id, "val")] for t in trials}
+    shown = "\n".join(f"lr_head {t.data.params['lr_head']}, lr_backbone {t.data.params['lr_backbone']}: "
+                      f"{curves[t.info.run_id]} ({t.data.tags.get('harness.error', 'ok')[:60]})" for t in trials)
+    stopped = [t for t in trials if t.data.tags["search.stopped_early"] == "true"]
+    assert stopped, f"ASHA stopped no trial early:\n{shown}"
+    for t in stopped:  # stopped at a rung (epoch 1 or 2), below the best score any trial had there
+        curve = curves[t.info.run_id]
+        assert len(curve) in (1, 2) and "harness.error" not in t.data.tags, shown
+        assert curve[-1] < max(c[len(curve) - 1] for c in curves.values() if len(c) >= len(curve)), shown

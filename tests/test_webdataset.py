@@ -162,5 +162,8 @@ def test_a_tiny_dag_runs_on_shards_indexed_in_place(tmp_path):
     for node in nodes:
         run_node(node.to_dict(), store)
     assert all(store.done(n.stage, n.key) for n in nodes) and len(nodes) == 1 + 2 + 2 + 4
+    import polars as pl
+
     attack = next(n for n in nodes if n.stage == "attack")
-    assert store.result("attack", attack.key)["result"]["rows"][0]["clean_acc"] >= 0
+    outcomes = pl.read_parquet(store.outcomes_path(attack.key))
+    assert outcomes.height == 8 * 2 and sorted(outcomes["image"].unique().to_list()) == list(range(8))
