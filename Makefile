@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-fast mutants lint schema bench-rules bench-data fmnist-source data clean
+.PHONY: install demo test test-fast mutants lint schema bench-rules bench-data gpu-check fmnist-source data clean
 
 install: $(STAMP)
 
@@ -83,6 +83,11 @@ bench-rules: install
 
 bench-data: data
 	$(BIN)/harness bench data data/fashion-mnist
+
+# The prepared accelerator check (harness/bench/gpu.py): rules, a 224 px fine-tuning step, PGD and SDHA throughput,
+# each against bp, into results/bench/gpu.md. Without CUDA it says so in one line and succeeds.
+gpu-check: install
+	$(BIN)/harness bench gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

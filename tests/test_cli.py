@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from datagen import write_fmnist
 
 from harness.cli import main
@@ -157,3 +158,32 @@ def test_bench_attacks_runs_and_writes_json(tmp_path, capsys):
     row = json.loads(path.read_text())["rows"][0]
     assert row["rule"] == "frsf" and row["harness_overhead"] > 0 and row["rule_vs_exact_input_grad"] > 0
     assert "harness/direct" in capsys.readouterr().out
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_succeeds(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would measure")
+    out = tmp_path / "gpu.md"
+    assert main(["bench", "gpu", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines() == [
+        "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing measured, nothing written"]
+    assert captured.err == "" and not out.exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_code_runs_end_to_end_on_a_cpu(tmp_path, capsys):
+    """What `make gpu-check` runs on a borrowed GPU, at toy sizes on the CPU: a failure here would otherwise
+    surface only in the few minutes a GPU is lent."""
+    out = tmp_path / "gpu.md"
+    assert main(["bench", "gpu", "--device", "cpu", "--rules", "bp,usf", "--image-size", "32", "--batch-size", "2",
+                 "--attack-batch", "2", "--steps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["rule"], r["case"]) for r in result["rules"]] == [
+        ("bp", "resnet18 32px batch 2"), ("usf", "resnet18 32px batch 2"),
+        ("bp", "resnet18 32px batch 2, bfloat16 autocast, channels-last"),
+        ("usf", "resnet18 32px batch 2, bfloat16 autocast, channels-last")]
+    assert [(a["attack"], a["rule"]) for a in result["attacks"]] == [
+        ("PGD", "bp"), ("PGD", "usf"), ("SDHA", "bp"), ("SDHA", "usf")]
+    assert all(a["time_vs_bp"] == 1.0 for a in result["attacks"] if a["rule"] == "bp")
+    assert "| SDHA-1 | usf |" in out.read_text()

@@ -266,6 +266,29 @@ def test_autocast_sends_the_rule_error_not_the_exact_one(rule):
         assert F.cosine_similarity(input_grad(rule, True, frozen=True), exact_precision, dim=0) > 0.95
 
 
+@pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])
+def test_channels_last_gives_the_same_rule_gradients(rule):
+    """GPU users fine-tune with channels-last tensors (make gpu-check measures it): the memory layout must not
+    change which feedback the backward uses, for the input or for the weights."""
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(num_classes=10).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+
+    def grads(layout: torch.memory_format) -> list[torch.Tensor]:
+        m = copy.deepcopy(base).to(memory_format=layout)
+        rules.attach(m, rule, seed=0)
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        F.cross_entropy(m(xi), y).backward()
+        return [xi.grad, m.conv1.weight.grad, m.layer4[1].conv2.weight.grad]
+
+    for a, b in zip(grads(torch.channels_last), grads(torch.contiguous_format), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    bp_model = copy.deepcopy(base)
+    xb = x.clone().requires_grad_(True)
+    F.cross_entropy(bp_model(xb), y).backward()
+    assert F.cosine_similarity(xb.grad.flatten(), grads(torch.channels_last)[0].flatten(), dim=0) < 0.5
+
+
 class ConvBackwardCalls(TorchDispatchMode):
     """Every aten.convolution_backward the backward pass runs (native nodes included): its output mask and weight."""
 

@@ -9,6 +9,7 @@ Imports torch and torchvision only, so it runs on a GPU machine where Ray is not
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import platform
@@ -38,6 +39,14 @@ class Case:
     image_size: int
     batch_size: int
     num_classes: int = 10
+    amp: torch.dtype | None = None  # autocast dtype (e.g. torch.bfloat16), None for float32
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        extras = [str(self.amp).removeprefix("torch.") + " autocast"] if self.amp else []
+        extras += ["channels-last"] if self.channels_last else []
+        return f"{self.backbone} {self.image_size}px batch {self.batch_size}" + "".join(f", {e}" for e in extras)
 
 
 def _build(backbone: str, num_classes: int) -> nn.Module:
@@ -47,21 +56,34 @@ def _build(backbone: str, num_classes: int) -> nn.Module:
     return factory(weights=None, num_classes=num_classes)
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision as a user turns it on (torch.autocast around forward and loss), or nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def _train_step(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None = None
 ) -> Callable[[], None]:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with _autocast(x.device, amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
 
     return step
 
 
-def _input_grad_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _input_grad_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None = None
+) -> Callable[[], None]:
     def step() -> None:
         xa = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+        with _autocast(x.device, amp):
+            loss = F.cross_entropy(model(xa), y)
+        (g,) = torch.autograd.grad(loss, xa)
         g.sign_()  # what an FGSM/PGD step does next; keeps the result alive like a real attack
 
     return step
@@ -76,9 +98,11 @@ def bench_case(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     torch.manual_seed(seed)
-    base = _build(case.backbone, case.num_classes).to(device)
+    layout = torch.channels_last if case.channels_last else torch.contiguous_format
+    base = _build(case.backbone, case.num_classes).to(device, memory_format=layout)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(case.batch_size, 3, case.image_size, case.image_size, generator=gen).to(device)
+    x = x.contiguous(memory_format=layout)
     y = torch.randint(0, case.num_classes, (case.batch_size,), generator=gen).to(device)
 
     train_variants: dict[str, Callable[[], None]] = {}
@@ -89,10 +113,10 @@ def bench_case(
             rules.attach(model, name, seed=seed)
             rules.attach(attacked, name, seed=seed)
         opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=5e-4)
-        train_variants[name] = _train_step(model, opt, x, y)
-        grad_variants[name] = _input_grad_step(attacked, x, y)
+        train_variants[name] = _train_step(model, opt, x, y, case.amp)
+        grad_variants[name] = _input_grad_step(attacked, x, y, case.amp)
 
-    label = f"{case.backbone} {case.image_size}px batch {case.batch_size}"
+    label = case.label
     log(f"[bench rules] {label}: training step, {rounds} interleaved rounds")
     train = interleaved_medians(train_variants, device, rounds, progress=_progress(log, label, "train"))
     log(f"[bench rules] {label}: input-gradient step, {rounds} interleaved rounds")
@@ -101,6 +125,7 @@ def bench_case(
     for name in rule_names:
         rows.append({
             "backbone": case.backbone, "image_size": case.image_size, "batch_size": case.batch_size, "rule": name,
+            "case": case.label,
             "train_ratio": paired_ratio(train, name, "plain"),
             "input_grad_ratio": paired_ratio(grad, name, "plain"),
             "train_ms": 1e3 * train[name]["median_s"], "train_plain_ms": 1e3 * train["plain"]["median_s"],
