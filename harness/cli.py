@@ -255,6 +255,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: sqlite:///runs/EXPERIMENT/mlflow.db)")
     rep.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")
+    ui = sub.add_parser("ui", help="the MLflow UI on an experiment's store (127.0.0.1), with its address",
+                        description="Starts `mlflow ui` on the experiment's store (default: runs/EXPERIMENT/mlflow.db),"
+                        " waits until it answers, prints the experiment's address and one comparing the fine-tuning "
+                        "runs of its latest run, and serves until Ctrl-C.")
+    ui.add_argument("experiment")
+    ui.add_argument("--tracking-uri", default=None,
+                    help="MLflow tracking URI (default: sqlite:///runs/EXPERIMENT/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, this machine "
+                    "only; 0.0.0.0 exposes the UI to the network)")
+    ui.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
     s = sub.add_parser("schema", help="write the JSON Schema of DAG files (editors complete and check DAGs with it)",
                        description="Writes the JSON Schema of a DAG file, generated from the settings each stage, "
                        "task, attack and registry declares. DAG files point at it with a first line "
@@ -464,6 +474,12 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ui(args: argparse.Namespace) -> int:
+    from harness.ui import serve
+
+    return serve(args.experiment, args.tracking_uri, args.host, args.port, log=lambda m: print(m, flush=True))
+
+
 def _run_schema(args: argparse.Namespace) -> int:
     from harness.dag import json_schema
     from workloads.errors import ConfigError
@@ -514,7 +530,8 @@ def _rule_names(requested: list[str] | None) -> list[str]:
 
 
 COMMANDS = {"bench": _run_bench, "data": _run_data, "stage": _run_stage, "plan": _run_plan, "run": _run_run,
-            "search": _run_search, "tune": _run_search, "report": _run_report, "schema": _run_schema}
+            "search": _run_search, "tune": _run_search, "report": _run_report, "schema": _run_schema,
+            "ui": _run_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
