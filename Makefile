@@ -82,7 +82,7 @@ bench-rules: install
 	$(BIN)/harness bench rules --backbones resnet18,alexnet,vgg16
 
 bench-data: data
-	$(BIN)/harness bench data data/fashion-mnist
+	$(BIN)/harness bench data data/fashion-mnist --standard-jpg
 
 # The prepared accelerator check (harness/bench/gpu.py): rules, a 224 px fine-tuning step, PGD and SDHA throughput,
 # each against bp, into results/bench/gpu.md. Without CUDA it says so in one line and succeeds.

@@ -67,6 +67,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--pad", type=int, default=2, help="zero padding per side (default 2: 28 -> 32)")
     d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--standard-jpg", action="store_true",
+                   help="also read the split as standard WebDataset shards (webdataset.ShardWriter, jpg + cls, "
+                   "indexed in place), epoch by epoch next to the harness's own")
     d.add_argument("--out", default="results/bench/data.json", help="JSON output (default: %(default)s)")
     t = which.add_parser(
         "train", help="fine-tuning images/s per rule vs BP inside the real training loop, data loading included")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datagen import write_fmnist
@@ -98,9 +99,29 @@ def test_data_prepare_info_and_bench_data(tmp_path, capsys):
     assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", out]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["data", "info", out, "--deep"]) == 0
-    assert main(["bench", "data", out, "--epochs", "1", "--out", str(tmp_path / "d.json")]) == 0
+    assert main(["bench", "data", out, "--epochs", "1", "--standard-jpg", "--out", str(tmp_path / "d.json")]) == 0
     result = json.loads((tmp_path / "d.json").read_text())
     assert result["samples_per_epoch"] == 300 and result["reader_streamed_img_s"] > 0
+    assert result["standard_jpg_vs_harness"] == pytest.approx(
+        result["standard_jpg_streamed_img_s"] / result["reader_streamed_img_s"])
+    assert "standard jpg shards, streamed" in capsys.readouterr().out
+
+
+def test_standard_jpg_copy_holds_the_same_labels_and_no_image_in_the_prepared_folder(tmp_path):
+    from harness.bench.data import standard_jpg_copy
+    from workloads.datasets import ShardReader
+
+    write_fmnist(tmp_path / "src", n_train=30, n_test=5)
+    out = tmp_path / "fm"
+    assert main(["data", "prepare", "fashion-mnist", "--src", str(tmp_path / "src"), "--out", str(out)]) == 0
+    prepared = standard_jpg_copy(out, "train", tmp_path / "jpg", per_shard=8)
+    assert sorted(p.name for p in (tmp_path / "jpg").glob("*.tar")) == [f"train-{i:06d}.tar" for i in range(4)]
+    assert [p.name for p in prepared.iterdir() if p.suffix == ".tar"] == []  # indexed in place, nothing copied
+    ours = ShardReader(out, "train", batch_size=64, cache=True)._load_all()
+    theirs = ShardReader(prepared, "train", batch_size=64, cache=True)._load_all()
+    assert list(theirs.labels) == list(ours.labels)
+    # jpg is lossy: close to the png originals, not equal
+    assert 0 < np.abs(theirs.images.astype(int) - ours.images.astype(int)).mean() < 8
 
 
 @pytest.mark.slow

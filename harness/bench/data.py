@@ -1,8 +1,14 @@
 """`harness bench data`: images per second of the shard reader, against an in-memory tensor baseline and against
-ResNet-18 training, all in the same process. Imports no Ray."""
+ResNet-18 training, all in the same process. Imports no Ray.
+
+`--standard-jpg` also measures the reader on the same split as users hold their data: written by
+`webdataset.ShardWriter` as `jpg` + `cls` samples and indexed in place (`harness data prepare webdataset`), so
+the two stored forms are compared epoch by epoch in one process.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,17 +60,50 @@ def _train_rate(size: int, batch: int, steps: int = 6) -> float:
     return batch / float(np.median(times))
 
 
+def standard_jpg_copy(folder: str | Path, split: str, out: Path, quality: int = 95,
+                      per_shard: int = 10_000) -> Path:
+    """`split` of a prepared folder as a user's WebDataset holds it (webdataset.ShardWriter, `jpg` + `cls`,
+    `{split}-%06d.tar`), then indexed in place: the prepared folder it returns holds a manifest, no image."""
+    import webdataset as wds
+    from PIL import Image
+
+    from workloads.datasets.prepare import prepare
+
+    data = ShardReader(folder, split, batch_size=1024, cache=True)._load_all()
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            sink.write({"__key__": f"{i:08d}", "jpg": pil, "cls": int(label)})
+    shards = sorted(out.glob(f"{split}-*.tar"))
+    pattern = f"{split}={out}/{split}-{{000000..{len(shards) - 1:06d}}}.tar"
+    prepare("webdataset", out / "prepared", src=pattern)
+    return out / "prepared"
+
+
 def run(folder: str | Path, split: str = "train", batch_size: int = 256, pad: int = 2, epochs: int = 3,
-        seed: int = 0, log: Callable[[str], None] = print) -> dict:
+        standard_jpg: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     manifest = load_manifest(folder)
-    rows = {}
-    log(f"[bench data] streamed reader (decode every epoch), {epochs} epochs")
-    streamed = ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad, cache=False)
-    rates = []
-    for e in range(epochs):
-        streamed.set_epoch(e)
-        rates.append(_epoch_rate(lambda r=streamed: r)[0])
-    rows["reader_streamed_img_s"] = float(np.median(rates))
+    rows: dict = {}
+    readers = {"harness": ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad,
+                                      cache=False)}
+    with tempfile.TemporaryDirectory(prefix="bench-data-jpg-") as tmp:
+        if standard_jpg:
+            log(f"[bench data] writing {split} as standard jpg + cls shards with webdataset.ShardWriter")
+            jpg = standard_jpg_copy(folder, split, Path(tmp))
+            readers["jpg"] = ShardReader(jpg, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad,
+                                         cache=False)
+        log(f"[bench data] streamed reader (decode every epoch), {epochs} epochs" +
+            (", harness shards and standard jpg shards in turn" if standard_jpg else ""))
+        rates: dict[str, list[float]] = {name: [] for name in readers}
+        for e in range(epochs):
+            for name, reader in readers.items():
+                reader.set_epoch(e)
+                rates[name].append(_epoch_rate(lambda r=reader: r)[0])
+    rows["reader_streamed_img_s"] = float(np.median(rates["harness"]))
+    if standard_jpg:
+        rows["standard_jpg_streamed_img_s"] = float(np.median(rates["jpg"]))
+        rows["standard_jpg_vs_harness"] = float(np.median(np.array(rates["jpg"]) / np.array(rates["harness"])))
     log("[bench data] cached reader (decode once, then from memory)")
     cached = ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad, cache=True)
     first, n = _epoch_rate(lambda: cached)
@@ -86,6 +125,8 @@ def run(folder: str | Path, split: str = "train", batch_size: int = 256, pad: in
     rows["streamed_vs_train"] = rows["reader_streamed_img_s"] / rows["resnet18_train_img_s"]
     rows["cached_vs_train"] = rows["reader_cached_img_s"] / rows["resnet18_train_img_s"]
     rows["cached_vs_memory_baseline"] = rows["reader_cached_img_s"] / rows["memory_baseline_img_s"]
+    if standard_jpg:
+        rows["standard_jpg_vs_train"] = rows["standard_jpg_streamed_img_s"] / rows["resnet18_train_img_s"]
     return {"benchmark": "data", "dataset": manifest.dataset, "split": split, "samples_per_epoch": n,
             "image_size": size, "batch_size": batch_size, "threads": torch.get_num_threads(), **rows}
 
@@ -95,6 +136,9 @@ def format_table(r: dict) -> str:
         f"{r['dataset']} {r['split']}: {r['samples_per_epoch']} images/epoch at {r['image_size']}x{r['image_size']}"
         f" RGB, batch {r['batch_size']}, {r['threads']} threads",
         f"  shard reader, streamed (decode each epoch): {r['reader_streamed_img_s']:>10,.0f} img/s",
+        *([f"  standard jpg shards, streamed:              {r['standard_jpg_streamed_img_s']:>10,.0f} img/s"
+           f"  ({r['standard_jpg_vs_harness']:.2f}x the harness's png shards, epoch by epoch)"]
+          if "standard_jpg_streamed_img_s" in r else []),
         f"  shard reader, cached (decoded once):        {r['reader_cached_img_s']:>10,.0f} img/s",
         f"  in-memory tensor baseline:                   {r['memory_baseline_img_s']:>10,.0f} img/s",
         f"  ResNet-18 training (same size, batch 64):    {r['resnet18_train_img_s']:>10,.0f} img/s",
