@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -338,3 +340,198 @@ def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
                 fn(b.data_ptr(), record.data_ptr(), w.data_ptr(), mptr, scale, n, 0, blocks)
                 want = torch.sign(w) * (m if m is not None else torch.tensor(scale))
                 assert torch.equal(b, want), (name, m is None)
+
+
+@pytest.mark.parametrize(("rule", "key"), [("fa", "m"), ("frsf", "abs_m")])
+def test_fixed_random_feedback_is_xavier_uniform_and_kept_in_float32(rule, key):
+    """fa draws M ~ U(-a, a), frsf |M| with M ~ U(-a, a) (Xavier-uniform), always float32 in the checkpoint, even
+    where the user made float64 the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = nn.Sequential(nn.Linear(400, 200))
+        h = rules.attach(model, rule, seed=3)
+    finally:
+        torch.set_default_dtype(previous)
+    m = h.state_dict()["layers"]["0"][key]
+    a = xavier_bound(model[0].weight)
+    assert m.dtype == torch.float32 and m.shape == (200, 400)
+    low = 0.0 if rule == "frsf" else -a
+    assert low <= float(m.min()) < low + 0.01 * a and a - 0.01 * a < float(m.max()) <= a
+    assert float(m.mean()) == pytest.approx((low + a) / 2, abs=0.01 * a)
+    assert float(m.std()) == pytest.approx((a - low) / 12**0.5, rel=0.02)  # uniform's spread, not a constant
+
+
+def test_registering_a_rule_twice_under_one_name_is_refused():
+    from rules.base import Rule
+    from rules.registry import _RULES, get_rule, register_rule
+
+    class Twin(Rule):
+        name = "test-twin"
+
+    class Other(Rule):
+        name = "test-twin"
+
+    try:
+        assert register_rule(Twin) is Twin and get_rule("test-twin") is Twin
+        assert register_rule(Twin) is Twin  # the same class again (a module re-imported) is fine
+        assert rules.ordered_rules()[-1] == "test-twin"
+        with pytest.raises(ValueError, match=r"^learning rule 'test-twin' is registered twice "
+                           r"\(test_rules_api, test_rules_api\)$"):
+            register_rule(Other)
+        assert get_rule("test-twin") is Twin
+    finally:
+        _RULES.pop("test-twin", None)
+    assert "test-twin" not in rules.available_rules()
+
+
+def test_brsf_feedback_needs_the_handles_stream():
+    model = net()
+    h = rules.attach(model, "brsf")
+    with pytest.raises(TypeError, match=r"^brsf draws its feedback magnitudes from the handle's UniformStream$"):
+        h.rule.feedback(h.layers["3"])
+
+
+def test_layer_state_follows_the_weights_device_and_dtype_once():
+    from rules.base import Layer
+
+    layer = Layer("fc", nn.Linear(3, 2))
+    layer.state["m"] = torch.ones(2, 3)
+    for like in (torch.empty(2, 3, dtype=torch.float64), torch.empty(2, 3, device="meta"),
+                 torch.empty(2, 3, dtype=torch.bfloat16, device="meta")):
+        t = layer.state_on("m", like)
+        assert (t.device, t.dtype) == (like.device, like.dtype)
+        assert layer.state["m"] is t and layer.state_on("m", like) is t  # moved once, then kept
+
+
+def test_layer_scratch_is_one_buffer_per_key_renewed_when_the_layout_changes():
+    from rules.base import Layer
+
+    layer = Layer("fc", nn.Linear(3, 2))
+    w = torch.zeros(2, 3)
+    a = layer.scratch("a", w)
+    assert layer.scratch("a", w) is a and layer.scratch("other", w) is not a
+    assert layer.scratch("a", torch.zeros(2, 3)) is a  # same layout, another tensor: still the same buffer
+    for like in (w.double(), w.t(), torch.zeros(3, 2)):
+        renewed = layer.scratch("a", like)
+        assert renewed is not a and (renewed.dtype, renewed.shape, renewed.stride()) == (
+            like.dtype, like.shape, like.stride())
+        a = renewed
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "frsf", "brsf"])
+def test_a_model_moved_to_float64_after_attach_sends_its_error_with_a_float64_b(rule):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    h = rules.attach(conv, rule, seed=2)
+    conv(torch.rand(2, 3, 6, 6, requires_grad=True)).sum().backward()  # B built once in float32
+    conv.double()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    b = h.feedback("")
+    assert b.dtype == torch.float64
+    xr = x.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(conv._conv_forward(xr, b, None), xr, g)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_brsf_after_loading_a_checkpoint_reads_a_fresh_side_sample_not_a_stale_b():
+    model = net()
+    h = rules.attach(model, "brsf", seed=4)
+    before_any = h.feedback("3")
+    fwd_bwd(model)
+    assert not torch.equal(h.feedback("3"), before_any)  # the B of that backward
+    h.load_state_dict(h.state_dict())
+    assert torch.equal(h.feedback("3"), before_any)  # no backward since loading: the side stream's sample again
+
+
+def test_handle_errors_name_what_is_wrong_and_how_to_fix_it():
+    model = net()
+    h = rules.attach(model, "usf", seed=7)
+    with pytest.raises(KeyError, match=r"no layer 'nope' under rule 'usf'; layers: 0, 3, 6"):
+        h.feedback("nope")
+    with pytest.raises(TypeError, match=r"copy, and re-attach both with attach\(model, name, "
+                       r"state=handle.state_dict\(\)\)"):
+        copy.deepcopy(model)
+    other = rules.attach(net(), "frsf", seed=1)
+    with pytest.raises(ValueError, match=r"^rule state is for 'frsf', but this handle runs 'usf'$"):
+        h.load_state_dict(other.state_dict())
+    fewer = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 5), nn.Linear(5, 5))
+    state = rules.attach(fewer, "frsf").state_dict()
+    with pytest.raises(ValueError, match=r"^rule state does not match the model's layers \(missing \['6'\], "
+                       r"unexpected \['2'\]\)$"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"missing \['0', '3', '6'\], unexpected \[\]"):
+        other.load_state_dict({"rule": "frsf"})
+    wrong = other.state_dict()
+    wrong["layers"]["3"]["abs_m"] = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r"^rule state 3.abs_m has shape \(2, 2\), the model needs \(8, 8, 3, 3\)$"):
+        other.load_state_dict(wrong)
+
+
+def test_rule_state_carries_its_seed():
+    model = net()
+    h = rules.attach(model, "brsf", seed=7)
+    state = h.state_dict()
+    assert state["rule"] == "brsf" and state["seed"] == 7
+    h2 = rules.attach(net(), "brsf", seed=1, state=state)
+    assert h2.seed == 7
+    del state["seed"]
+    h3 = rules.attach(net(), "brsf", seed=2, state=state)
+    assert h3.seed == 2  # a state without one keeps the handle's
+
+
+def test_detach_restores_plain_autograd_and_forgets_the_handle():
+    model = net()
+    h = rules.attach(model, "frsf")
+    assert rules.handle_of(model) is h and h.attached
+    h.detach()
+    assert rules.handle_of(model) is None and h.attached is False
+    plain = copy.deepcopy(model)  # allowed again
+    torch.testing.assert_close(fwd_bwd(model), fwd_bwd(plain), rtol=0, atol=0)
+
+
+def test_diagnostics_of_zero_and_small_weights():
+    model = net()
+    with torch.no_grad():
+        model[3].weight.zero_()
+        model[6].weight.zero_()
+        model[6].weight[0, 0], model[6].weight[1, 1] = 1e-4, -2e-4  # |W| and |B| far below 1, angle by hand
+    h = rules.attach(model, "usf")
+    rows = {r["layer"]: r for r in h.diagnostics()}
+    assert math.isnan(rows["3"]["angle_deg"]) and math.isnan(rows["3"]["norm_ratio"])
+    assert rows["6"]["angle_deg"] == pytest.approx(math.degrees(math.acos(3 / (5**0.5 * 2**0.5))), abs=1e-6)
+    std = xavier_std(model[6].weight)
+    assert rows["6"]["norm_ratio"] == pytest.approx(std * 2**0.5 / (5**0.5 * 1e-4), rel=1e-5)
+    h.detach()
+    fa = rules.attach(model, "fa")
+    row = {r["layer"]: r for r in fa.diagnostics()}["3"]  # W = 0, B not: no angle, no ratio
+    assert math.isnan(row["angle_deg"]) and math.isnan(row["norm_ratio"])
+
+
+def test_brsf_feedback_before_any_backward_is_a_side_stream_sample():
+    """Reading brsf's B before training never moves the training stream: it is a sample of the side stream
+    seeded seed + 1,000,003, the same every time."""
+    model = net()
+    h = rules.attach(model, "brsf", seed=5)
+    training = h.stream.state_dict()
+    first = h.feedback("3")
+    assert torch.equal(first, h.feedback("3")) and h.stream.state_dict() == training
+    side = h.rule.feedback(h.layers["3"], UniformStream(5 + 1_000_003))
+    assert torch.equal(first, side)
+    assert torch.equal(torch.sign(first), torch.sign(model[3].weight.detach()))
+
+
+def test_brsf_draws_nothing_for_a_layer_whose_input_needs_no_gradient():
+    """The first layer of a training step sends no error down (the images need none): drawing its B anyway would
+    move the stream, and a resumed run would no longer match an uninterrupted one."""
+    for forward in (contextlib.nullcontext, torch.autograd.graph.save_on_cpu):  # native and explicit paths
+        conv = nn.Conv2d(3, 4, 3)
+        h = rules.attach(conv, "brsf", seed=3)
+        before = h.stream.state_dict()
+        with forward():
+            out = conv(torch.rand(2, 3, 6, 6))
+        out.sum().backward()
+        assert conv.weight.grad is not None and h.stream.state_dict() == before, forward
