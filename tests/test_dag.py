@@ -34,7 +34,8 @@ def _smoke(shards: str, *overrides: str):
     return load_dag(ROOT / "dags" / "smoke.yaml", [f"datasets.fashion-mnist.root={shards}", *overrides])
 
 
-@pytest.mark.parametrize("dag", ["default.yaml", "smoke.yaml", "paper-classification.yaml", "paper-retrieval.yaml"])
+@pytest.mark.parametrize("dag", ["default.yaml", "default-full.yaml", "smoke.yaml", "paper-classification.yaml",
+                                 "paper-retrieval.yaml"])
 def test_shipped_dags_validate(dag):
     config = load_dag(ROOT / "dags" / dag).config
     assert config.experiment == dag.removesuffix(".yaml") and config.attacks
