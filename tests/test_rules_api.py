@@ -397,8 +397,8 @@ def test_layer_state_follows_the_weights_device_and_dtype_once():
 
     layer = Layer("fc", nn.Linear(3, 2))
     layer.state["m"] = torch.ones(2, 3)
-    for like in (torch.empty(2, 3, dtype=torch.float64), torch.empty(2, 3, device="meta"),
-                 torch.empty(2, 3, dtype=torch.bfloat16, device="meta")):
+    for like in (torch.empty(2, 3, dtype=torch.float64), torch.empty(2, 3, dtype=torch.float64, device="meta"),
+                 torch.empty(2, 3, device="meta"), torch.empty(2, 3, dtype=torch.bfloat16, device="meta")):
         t = layer.state_on("m", like)
         assert (t.device, t.dtype) == (like.device, like.dtype)
         assert layer.state["m"] is t and layer.state_on("m", like) is t  # moved once, then kept
@@ -452,8 +452,9 @@ def test_handle_errors_name_what_is_wrong_and_how_to_fix_it():
     h = rules.attach(model, "usf", seed=7)
     with pytest.raises(KeyError, match=r"no layer 'nope' under rule 'usf'; layers: 0, 3, 6"):
         h.feedback("nope")
-    with pytest.raises(TypeError, match=r"copy, and re-attach both with attach\(model, name, "
-                       r"state=handle.state_dict\(\)\)"):
+    with pytest.raises(TypeError, match=r"^cannot deepcopy a model while rule 'usf' is attached: copy it before "
+                       r"attach\(\), or detach\(\), copy, and re-attach both with attach\(model, name, "
+                       r"state=handle.state_dict\(\)\)$"):
         copy.deepcopy(model)
     other = rules.attach(net(), "frsf", seed=1)
     with pytest.raises(ValueError, match=r"^rule state is for 'frsf', but this handle runs 'usf'$"):
@@ -489,6 +490,7 @@ def test_detach_restores_plain_autograd_and_forgets_the_handle():
     assert rules.handle_of(model) is h and h.attached
     h.detach()
     assert rules.handle_of(model) is None and h.attached is False
+    h.detach()  # twice is harmless
     plain = copy.deepcopy(model)  # allowed again
     torch.testing.assert_close(fwd_bwd(model), fwd_bwd(plain), rtol=0, atol=0)
 
@@ -535,3 +537,35 @@ def test_brsf_draws_nothing_for_a_layer_whose_input_needs_no_gradient():
             out = conv(torch.rand(2, 3, 6, 6))
         out.sum().backward()
         assert conv.weight.grad is not None and h.stream.state_dict() == before, forward
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf"])
+def test_sign_feedback_is_cached_until_w_changes_then_updated_in_place(rule, monkeypatch):
+    """B costs nothing while W stays (an attack's many steps), and after an optimizer step only the flipped signs
+    are rewritten, in the same buffer, through the sign record: counted by wrapping the update kernel."""
+    from rules import base, kernels
+
+    if kernels._library() is None:
+        pytest.skip("no native feedback kernels here (no C compiler, or SIGSYM_NO_NATIVE): B is rebuilt with torch")
+    calls = []
+    monkeypatch.setattr(base, "resign_", lambda *a, **k: calls.append(1) or kernels.resign_(*a, **k))
+    model = net()
+    h = rules.attach(model, rule, seed=1)
+    layer = h.layers["3"]
+    b = h.rule.feedback(layer)
+    record = layer.derived["sign"][2]
+    assert calls == [1] and record is not None  # built once, through the record
+    assert h.rule.feedback(layer) is b and calls == [1]  # W unchanged: the same B, no work
+    w = model[3].weight
+    with torch.no_grad():
+        w[:2].neg_()  # an in-place change, as an optimizer step makes: its version moves
+    assert h.rule.feedback(layer) is b and calls == [1, 1] and layer.derived["sign"][2] is record
+    expected = torch.sign(w.detach()) * (layer.state["abs_m"] if rule == "frsf" else layer.state["scale"])
+    assert torch.equal(b, expected)
+
+
+def test_sign_feedback_defaults_to_the_bare_signs():
+    from rules.base import Layer
+
+    conv = nn.Conv2d(2, 3, 3)
+    assert torch.equal(Layer("c", conv).sign_feedback(), torch.sign(conv.weight.detach()))

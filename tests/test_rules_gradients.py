@@ -402,3 +402,57 @@ def test_without_native_kernels_the_same_feedback_and_the_same_checks(rule, monk
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     assert run_and_check(torchvision.models.resnet18(num_classes=10), rule, x) == 21
     assert run_and_check(SmallNet(), rule, torch.randn(4, 3, 16, 16, requires_grad=True)) == 7
+
+
+def test_attack_gradient_on_the_explicit_path_skips_weight_gradients():
+    """Under saved-tensor hooks the explicit backward (rules/backward.py) asks each kernel call for the input
+    gradient only, as the native path does: an attack pays for no weight gradient there either."""
+    model = no_inplace(SmallNet()).eval()
+    handle = rules.attach(model, "usf")
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with torch.autograd.graph.save_on_cpu():
+        out = model(x)
+    with ConvBackwardCalls() as spy:
+        torch.autograd.grad(out.sum(), x)
+    assert len(spy.calls) == 6 and all(mask == (True, False, False) for mask, _ in spy.calls)
+    assert all(torch.equal(w, handle.feedback(f"c{6 - i}")) for i, (_, w) in enumerate(spy.calls))
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])
+def test_explicit_path_weight_gradient_alone_equals_the_full_backward(rule):
+    """autograd.grad w.r.t. a weight only (the input's gradient not asked for): the explicit path computes that
+    weight gradient from W's shape alone, and it equals the one a full backward gives."""
+    model = no_inplace(SmallNet())
+    rules.attach(model, rule, seed=0)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with torch.autograd.graph.save_on_cpu():
+        loss = model(x).square().sum()
+    (alone,) = torch.autograd.grad(loss, [model.c4.weight], retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(alone, model.c4.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["conv", "linear", "linear-3d", "bf16-autocast", "weight-in-a-larger-storage"])
+def test_ordinary_layers_ride_on_autograds_own_node(case):
+    """The rule takes the explicit path only where it must: a plain Conv/Linear output keeps PyTorch's native node
+    (ConvolutionBackward0, AddmmBackward0, ...), whose saved weight unpacks as B, and the error it sends down is
+    computed with B."""
+    torch.manual_seed(0)
+    if case.startswith("linear"):
+        layer, x = nn.Linear(6, 4), torch.randn(*((3, 5, 6) if case == "linear-3d" else (5, 6)), requires_grad=True)
+    else:
+        layer, x = nn.Conv2d(3, 4, 3, padding=1), torch.randn(2, 3, 6, 6, requires_grad=True)
+    if case == "weight-in-a-larger-storage":
+        layer.weight = nn.Parameter(torch.randn(10, 3, 3, 3)[3:7])
+        assert layer.weight.storage_offset() == 81
+    handle = rules.attach(layer, "usf")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16-autocast"):
+        y = layer(x)
+    assert "RuleLayer" not in type(y.grad_fn).__name__, type(y.grad_fn).__name__
+    g = torch.randn_like(y)
+    y.backward(g)
+    b = handle.feedback("").to(y.dtype)
+    xr = x.detach().clone().to(y.dtype).requires_grad_(True)
+    (expected,) = torch.autograd.grad(reference_conv(layer, xr, b, None), xr, g)
+    tol = 2e-2 if case == "bf16-autocast" else 1e-6
+    torch.testing.assert_close(x.grad.to(y.dtype), expected, rtol=tol, atol=tol)
