@@ -569,3 +569,38 @@ def test_sign_feedback_defaults_to_the_bare_signs():
 
     conv = nn.Conv2d(2, 3, 3)
     assert torch.equal(Layer("c", conv).sign_feedback(), torch.sign(conv.weight.detach()))
+
+
+def test_a_weight_changed_in_place_before_backward_is_a_clear_error():
+    model = net()
+    rules.attach(model, "usf")
+    out = model(torch.rand(2, 3, 8, 8, requires_grad=True))
+    with torch.no_grad():
+        model[3].weight.add_(1.0)  # an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match=r"^the weight of layer '3' was modified in place after the forward pass "
+                       r"that the backward pass runs through \(rule 'usf'\); step the optimizer after backward\(\)$"):
+        out.sum().backward()
+
+
+def test_brsf_draws_no_b_on_the_explicit_path_when_only_the_weight_gradient_is_asked_for():
+    conv = nn.Conv2d(3, 4, 3)
+    h = rules.attach(conv, "brsf", seed=3)
+    x = torch.rand(2, 3, 6, 6, requires_grad=True)
+    before = h.stream.state_dict()
+    with torch.autograd.graph.save_on_cpu():
+        out = conv(x)
+    (gw,) = torch.autograd.grad(out.sum(), [conv.weight])
+    assert h.stream.state_dict() == before and gw.shape == conv.weight.shape
+
+
+@pytest.mark.parametrize("forward", [contextlib.nullcontext, torch.autograd.graph.save_on_cpu])
+def test_linear_without_bias_gets_its_weight_gradient(forward):
+    lin = nn.Linear(5, 3, bias=False)
+    h = rules.attach(lin, "usf")
+    x = torch.randn(4, 5, requires_grad=True)
+    with forward():
+        y = lin(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(lin.weight.grad, g.t() @ x.detach())
+    torch.testing.assert_close(x.grad, g @ h.feedback(""))
