@@ -183,7 +183,9 @@ class RuleHandle:
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _install(self, layer: Layer) -> None:
-        self._hooks.append(layer.module.register_forward_hook(partial(self._wire, layer)))
+        # First among the module's forward hooks: a hook of the user's that changes the output runs after ours, on
+        # the output we return, so its change stays in the gradient (after it, the graph is not the layer's own).
+        self._hooks.append(layer.module.register_forward_hook(partial(self._wire, layer), prepend=True))
 
     def _wire(self, layer: Layer, module: nn.Module, args: tuple, out: Any) -> torch.Tensor | None:
         if self._exact_depth or not isinstance(out, torch.Tensor) or out.grad_fn is None:

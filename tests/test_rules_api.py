@@ -37,14 +37,15 @@ def test_unknown_rule_lists_known_ones():
 
 
 def test_model_without_layers_is_a_clear_error():
-    with pytest.raises(ValueError, match="no nn.Conv1d/2d/3d or nn.Linear"):
+    with pytest.raises(ValueError, match=r"^Sequential has no nn.Conv1d/2d/3d or nn.Linear layer, so there is nothing "
+                       r"for rule 'usf' to act on$"):
         rules.attach(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "usf")
 
 
 def test_double_attach_and_deepcopy_are_refused():
     model = net()
     h = rules.attach(model, "frsf")
-    with pytest.raises(RuntimeError, match="already runs rule 'frsf'"):
+    with pytest.raises(RuntimeError, match=r"^Sequential already runs rule 'frsf'; detach\(\) it first$"):
         rules.attach(model, "usf")
     with pytest.raises(TypeError, match="cannot deepcopy"):
         copy.deepcopy(model)
@@ -604,3 +605,27 @@ def test_linear_without_bias_gets_its_weight_gradient(forward):
     y.backward(g)
     torch.testing.assert_close(lin.weight.grad, g.t() @ x.detach())
     torch.testing.assert_close(x.grad, g @ h.feedback(""))
+
+
+def test_attach_defaults_to_seed_0_and_skips_layers_without_a_weight():
+    model = net()
+    spare = nn.Linear(3, 3)
+    del spare.weight  # e.g. a weight moved into a parametrization
+    model.add_module("spare", spare)
+    h = rules.attach(model, "frsf")
+    assert h.seed == 0 and list(h.layers) == ["0", "3", "6"]
+    twin = rules.attach(net(), "frsf", seed=0)
+    assert all(torch.equal(h.layers[n].state["abs_m"], twin.layers[n].state["abs_m"]) for n in h.layers)
+
+
+def test_brsf_draws_once_per_layer_and_backward_pass():
+    """One B per layer that sends an error down, per backward pass, and none in the forward: the stream's position
+    is what makes a resumed run equal an uninterrupted one."""
+    model = net()
+    h = rules.attach(model, "brsf", seed=2)
+    model(torch.rand(4, 3, 8, 8, requires_grad=True))  # a forward alone draws nothing
+    assert h.stream.state_dict()["draws"] == 0
+    fwd_bwd(model)  # the input requires a gradient here: all three layers send an error down
+    assert h.stream.state_dict()["draws"] == 3
+    F.cross_entropy(model(torch.rand(4, 3, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    assert h.stream.state_dict()["draws"] == 5  # the images need no gradient: the first conv draws nothing

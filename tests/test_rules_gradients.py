@@ -432,7 +432,9 @@ def test_explicit_path_weight_gradient_alone_equals_the_full_backward(rule):
     torch.testing.assert_close(alone, model.c4.weight.grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["conv", "linear", "linear-3d", "bf16-autocast", "weight-in-a-larger-storage"])
+@pytest.mark.parametrize("case", ["conv", "linear", "linear-3d", "bf16-autocast", "linear-bf16-autocast",
+                                  "weight-in-a-larger-storage", "linear-weight-in-a-larger-storage",
+                                  "conv1d-unbatched"])
 def test_ordinary_layers_ride_on_autograds_own_node(case):
     """The rule takes the explicit path only where it must: a plain Conv/Linear output keeps PyTorch's native node
     (ConvolutionBackward0, AddmmBackward0, ...), whose saved weight unpacks as B, and the error it sends down is
@@ -440,13 +442,17 @@ def test_ordinary_layers_ride_on_autograds_own_node(case):
     torch.manual_seed(0)
     if case.startswith("linear"):
         layer, x = nn.Linear(6, 4), torch.randn(*((3, 5, 6) if case == "linear-3d" else (5, 6)), requires_grad=True)
+    elif case == "conv1d-unbatched":  # autograd squeezes around the batched kernel call
+        layer, x = nn.Conv1d(3, 4, 3), torch.randn(3, 9, requires_grad=True)
     else:
         layer, x = nn.Conv2d(3, 4, 3, padding=1), torch.randn(2, 3, 6, 6, requires_grad=True)
     if case == "weight-in-a-larger-storage":
         layer.weight = nn.Parameter(torch.randn(10, 3, 3, 3)[3:7])
         assert layer.weight.storage_offset() == 81
+    if case == "linear-weight-in-a-larger-storage":  # and a transposed view of it is what addmm saves
+        layer.weight = nn.Parameter(torch.randn(30, 6)[10:14])
     handle = rules.attach(layer, "usf")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16-autocast"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.endswith("bf16-autocast")):
         y = layer(x)
     assert "RuleLayer" not in type(y.grad_fn).__name__, type(y.grad_fn).__name__
     g = torch.randn_like(y)
@@ -454,5 +460,28 @@ def test_ordinary_layers_ride_on_autograds_own_node(case):
     b = handle.feedback("").to(y.dtype)
     xr = x.detach().clone().to(y.dtype).requires_grad_(True)
     (expected,) = torch.autograd.grad(reference_conv(layer, xr, b, None), xr, g)
-    tol = 2e-2 if case == "bf16-autocast" else 1e-6
+    tol = 2e-2 if case.endswith("bf16-autocast") else 1e-6
     torch.testing.assert_close(x.grad.to(y.dtype), expected, rtol=tol, atol=tol)
+
+
+def test_a_forward_hook_of_the_users_before_attach_keeps_the_rule():
+    """An output another hook changed is not the plain Conv graph the weight slot is found in: the rule takes the
+    explicit path there, and the error sent down still uses B."""
+    conv = nn.Conv2d(3, 4, 3)
+    conv.register_forward_hook(lambda module, args, out: out * 2.0)
+    handle = rules.attach(conv, "usf")
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    xr = x.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(2.0 * conv._conv_forward(xr, handle.feedback(""), None), xr, g)
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_a_layer_called_with_keyword_arguments_runs():
+    lin = nn.Linear(5, 3)
+    rules.attach(lin, "usf")
+    x = torch.randn(4, 5, requires_grad=True)
+    lin(input=x).sum().backward()  # hooks see no positional input: plain autograd for this call
+    assert x.grad is not None
