@@ -62,20 +62,27 @@ def main() -> int:
         by_module[module_of(mutant)][kind].append(mutant)
     rows, failing, survivors = [], [], []
     for module, kinds in sorted(by_module.items()):
-        counted = sum(len(v) for k, v in kinds.items() if k != "excluded")
+        # the rate is over the mutants that were run: one the run did not reach is neither caught nor missed, but a
+        # module with any of them has not met the goal (the run was cut short)
+        unchecked = len(kinds["not checked"])
+        counted = sum(len(v) for k, v in kinds.items() if k not in ("excluded", "not checked"))
         detected = len(kinds["detected"])
         rate = detected / counted if counted else 1.0
-        missed = {k: len(v) for k, v in kinds.items() if k not in ("detected", "excluded") and v}
-        rows.append(f"| {module} | {counted + len(kinds['excluded'])} | {len(kinds['excluded'])} | {detected} | "
+        missed = {k: len(v) for k, v in kinds.items() if k not in ("detected", "excluded", "not checked") and v}
+        rows.append(f"| {module} | {counted + unchecked + len(kinds['excluded'])} | {len(kinds['excluded'])} | "
+                    f"{unchecked or '-'} | {detected} | "
                     f"{', '.join(f'{k} {n}' for k, n in sorted(missed.items())) or '-'} | {rate:.1%} |")
-        if rate < args.goal:
+        if rate < args.goal or unchecked:
             failing.append(module)
-        survivors += [(m, k) for k, v in kinds.items() if k not in ("detected", "excluded") for m in v]
+        survivors += [(m, k) for k, v in kinds.items() if k not in ("detected", "excluded", "not checked")
+                      for m in v]
     lines = ["# Mutation testing (`make mutants`)", "",
              f"mutmut over the modules `[tool.mutmut]` in pyproject.toml lists; goal: {args.goal:.0%} of the mutants "
              "of each module detected (a test fails, or the tests time out). Equivalent mutants, each with its "
-             "reason, are in equivalent.yaml and left out of the rate.", "",
-             "| module | mutants | equivalent | detected | not detected | rate |", "|---|---|---|---|---|---|", *rows,
+             "reason, are in equivalent.yaml and left out of the rate; so are mutants the run did not reach (not "
+             "checked), and a module with any of those has not met the goal.", "",
+             "| module | mutants | equivalent | not checked | detected | not detected | rate |",
+             "|---|---|---|---|---|---|---|", *rows,
              ""]
     if unknown:
         lines += ["equivalent.yaml names mutants mutmut no longer makes (the code changed): "
