@@ -60,10 +60,10 @@ def _train_rate(size: int, batch: int, steps: int = 6) -> float:
     return batch / float(np.median(times))
 
 
-def standard_jpg_copy(folder: str | Path, split: str, out: Path, quality: int = 95,
-                      per_shard: int = 10_000) -> Path:
+def standard_jpg_copy(folder: str | Path, split: str, out: Path, per_shard: int = 10_000) -> Path:
     """`split` of a prepared folder as a user's WebDataset holds it (webdataset.ShardWriter, `jpg` + `cls`,
-    `{split}-%06d.tar`), then indexed in place: the prepared folder it returns holds a manifest, no image."""
+    `{split}-%06d.tar`, JPEG at webdataset's default quality), then indexed in place: the prepared folder it
+    returns holds a manifest, no image."""
     import webdataset as wds
     from PIL import Image
 
