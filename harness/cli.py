@@ -467,12 +467,9 @@ def _run_search(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     from harness.report import summary_text, write_report
-    from harness.tracking import default_uri
-    from workloads.errors import InputError
+    from harness.tracking import existing_store
 
-    uri = args.tracking_uri or default_uri(Path("runs") / args.experiment)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise InputError(f"no MLflow store at {uri}; pass --tracking-uri, or run `harness run` first")
+    uri = existing_store(args.experiment, args.tracking_uri)
     print(summary_text(write_report(uri, args.experiment, args.results or Path("results") / args.experiment)))
     return 0
 

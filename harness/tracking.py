@@ -12,12 +12,22 @@ import math
 import time
 from pathlib import Path
 
-from workloads.errors import ServiceError
+from workloads.errors import InputError, ServiceError
 from workloads.names import Stage
 
 
 def default_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def existing_store(experiment: str, tracking_uri: str | None) -> str:
+    """The store an experiment was logged to (default: runs/EXPERIMENT/mlflow.db), for commands that only read it:
+    a missing sqlite file is the user's mistake, not an empty store to create."""
+    uri = tracking_uri or default_uri(Path("runs") / experiment)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise InputError(f"no MLflow store at {uri}: run `harness run` for experiment {experiment!r} first, or pass "
+                         "--tracking-uri")
+    return uri
 
 
 class Tracker:

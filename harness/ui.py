@@ -17,19 +17,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
+from harness.tracking import existing_store
 from workloads.errors import InputError, ServiceError
 
 STARTUP_S = 120.0  # gunicorn/uvicorn and MLflow's imports take 5-20 s on a loaded 2-core machine
-
-
-def store_uri(experiment: str, tracking_uri: str | None) -> str:
-    uri = tracking_uri or f"sqlite:///{(Path('runs') / experiment / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise InputError(f"no MLflow store at {uri}: run `harness run` for experiment {experiment!r} first, or pass "
-                         "--tracking-uri")
-    return uri
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -110,7 +102,7 @@ def start(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[subproce
 
 def serve(experiment: str, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
           log: Callable[[str], None] = print) -> int:
-    proc, base = start(store_uri(experiment, tracking_uri), host, port)
+    proc, base = start(existing_store(experiment, tracking_uri), host, port)
     try:
         for what, url in addresses(base, experiment).items():
             log(f"{what}: {url}")

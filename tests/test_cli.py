@@ -206,5 +206,5 @@ def test_gpu_check_code_runs_end_to_end_on_a_cpu(tmp_path, capsys):
         ("usf", "resnet18 32px batch 2, bfloat16 autocast, channels-last")]
     assert [(a["attack"], a["rule"]) for a in result["attacks"]] == [
         ("PGD", "bp"), ("PGD", "usf"), ("SDHA", "bp"), ("SDHA", "usf")]
-    assert all(a["time_vs_bp"] == 1.0 for a in result["attacks"] if a["rule"] == "bp")
+    assert all(a["images_per_s"] > 0 for a in result["attacks"])
     assert "| SDHA-1 | usf |" in out.read_text()

@@ -13,14 +13,13 @@ travel to the GPU machines this runs on.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import rules
-from harness.bench.rules import Case, bench_case
+from harness.bench.rules import Case, _device_name, bench_case
 from harness.bench.timing import interleaved_medians, paired_ratio
 
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing measured, nothing written"
@@ -85,12 +84,6 @@ def run(rule_names: list[str], rounds: int = 10, device: str = "cuda", image_siz
                 "time_vs_bp": paired_ratio(times, rule, "bp"),
             })
     return result
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def format_table(result: dict | None) -> str:
