@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from rules.kernels import new_sign_record, resign_, resign_usable
+from rules.kernels import new_sign_record, resign_, resign_usable, sign_codes
 
 if TYPE_CHECKING:
     from rules.streams import UniformStream
@@ -35,6 +35,11 @@ def xavier_bound(weight: torch.Tensor) -> float:
     """Half-width a of Xavier-uniform U(-a, a) (gain 1)."""
     fan_in, fan_out = fans(weight)
     return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def _stamp(w: torch.Tensor) -> tuple:
+    """What identifies W's values for the caches in `Layer.derived`: an optimizer step bumps its version counter."""
+    return (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride())
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Layer:
         a fresh weight-sized tensor per step costs page faults that dwarf the arithmetic.
         """
         w = self.weight
-        stamp = (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride())
+        stamp = _stamp(w)
         hit = self.derived.get("sign")
         if hit is not None and hit[0] == stamp:
             return hit[1]
@@ -88,6 +93,21 @@ class Layer:
                 torch.sign(wd, out=b).mul_(mag if mag is not None else scale)
         self.derived["sign"] = (stamp, b, record)
         return b
+
+    def fixed_sign_codes(self) -> torch.Tensor | None:
+        """sign(W) as int8 once two passes in a row found W unchanged (an attack's steps), else None.
+
+        For brsf's draw, which otherwise reads all of W at every pass. Made at the second pass on the same W, so a
+        training step, which meets a new W at every pass, never pays for it.
+        """
+        stamp = _stamp(self.weight)
+        hit = self.derived.get("codes")
+        if hit is None or hit[0] != stamp:
+            self.derived["codes"] = (stamp, None)
+            return None
+        if hit[1] is None:
+            self.derived["codes"] = (stamp, sign_codes(self.weight.detach()))
+        return self.derived["codes"][1]
 
     def scratch(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """A persistent buffer shaped and laid out like `like`, reused across steps (no allocation on the hot path)."""

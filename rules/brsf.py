@@ -27,5 +27,7 @@ class BRSF(Rule):
         if stream is None:
             raise TypeError("brsf draws its feedback magnitudes from the handle's UniformStream")
         w = layer.weight.detach()
-        # B = (a / 65536) * k * sign(W) = |M_t| * sign(W), k odd in [1, 65535]: one pass that reads W and writes B.
-        return stream.fill_signed_(layer.scratch("b", w), w, scale=float(layer.state["bound"]) * stream.unit_scale)
+        # B = (a / 65536) * k * sign(W) = |M_t| * sign(W), k odd in [1, 65535]: one pass that reads W (or, while W
+        # stays fixed, its 1-byte sign codes) and writes B.
+        scale = float(layer.state["bound"]) * stream.unit_scale
+        return stream.fill_signed_(layer.scratch("b", w), w, scale=scale, codes=layer.fixed_sign_codes())

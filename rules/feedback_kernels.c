@@ -8,6 +8,11 @@
  * so no two draws share bits; any slice of a draw can be computed on its own, and the same arithmetic in numpy or
  * torch (rules/streams.py) reproduces it exactly.
  * 32-bit multiplies vectorize on every x86-64 level; target_clones picks AVX2/AVX-512 at run time where present.
+ *
+ * Built with -fopenmp where torch runs on GNU OpenMP (rules/kernels.py), the loops over large tensors are split
+ * across torch's own OpenMP threads: the library resolves libgomp.so.1 to the copy torch has loaded, so the same
+ * threads that run the convolutions, already awake between ops, take the other halves. Every element is computed on
+ * its own, so the numbers do not depend on the thread count. Without -fopenmp the pragmas are ignored.
  */
 #include <stdint.h>
 
@@ -16,6 +21,9 @@
 #else
 #define SIGSYM_CLONES
 #endif
+
+/* Split a loop across threads only when it is long enough to pay for waking them (a few microseconds). */
+#define SIGSYM_PAR_MIN 65536
 
 static inline float sgn(float v) { return (float)((v > 0.0f) - (v < 0.0f)); }
 
@@ -36,6 +44,7 @@ SIGSYM_CLONES
 void sigsym_brsf_fill(float *out, const float *w, int64_t start, int64_t stop, uint32_t k1, uint32_t k2,
                       float scale) {
     int64_t j0 = start >> 1, j1 = stop >> 1;
+    #pragma omp parallel for schedule(static) if (2 * (j1 - j0) >= SIGSYM_PAR_MIN)
     for (int64_t j = j0; j < j1; ++j) {
         uint32_t x = h32(h32((uint32_t)j ^ k1) + k2);
         out[2 * j] = mag(x & 0xffffu, scale) * sgn(w[2 * j]);
@@ -47,6 +56,26 @@ void sigsym_brsf_fill(float *out, const float *w, int64_t start, int64_t stop, u
     }
 }
 
+/* sign(W) as one byte per weight (-1, 0, 1; 0 for 0, -0, NaN as sgn), for the draws below. */
+SIGSYM_CLONES
+void sigsym_sign_codes(int8_t *codes, const float *w, int64_t n) {
+    #pragma omp parallel for schedule(static) if (n >= SIGSYM_PAR_MIN)
+    for (int64_t i = 0; i < n; ++i) {
+        codes[i] = (int8_t)((w[i] > 0.0f) - (w[i] < 0.0f));
+    }
+}
+
+/* Words [j0, j1) of the same draw as sigsym_brsf_fill with sign(W) read from its codes (sigsym_brsf_fill_codes). */
+SIGSYM_CLONES
+static void fill_codes_portable(float *out, const int8_t *codes, int64_t j0, int64_t j1, uint32_t k1, uint32_t k2,
+                                float scale) {
+    #pragma omp parallel for schedule(static) if (2 * (j1 - j0) >= SIGSYM_PAR_MIN)
+    for (int64_t j = j0; j < j1; ++j) {
+        uint32_t x = h32(h32((uint32_t)j ^ k1) + k2);
+        out[2 * j] = mag(x & 0xffffu, scale) * (float)codes[2 * j];
+        out[2 * j + 1] = mag(x >> 16, scale) * (float)codes[2 * j + 1];
+    }
+}
 
 /* Bring B = mag * sign(W) (or scale * sign(W) when mag is NULL) up to date after a weight update, rewriting only
  * the entries whose sign changed.
@@ -89,6 +118,7 @@ static inline void settle_block(float *b, uint64_t *rec, const float *mag, float
 
 static void resign_portable(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n,
                             int64_t lo, int64_t hi) {
+    #pragma omp parallel for schedule(static) if ((hi - lo) * SIGSYM_BLOCK >= SIGSYM_PAR_MIN)
     for (int64_t j = lo; j < hi; ++j) {
         int64_t base = j * SIGSYM_BLOCK, len = n - base < SIGSYM_BLOCK ? n - base : SIGSYM_BLOCK;
         uint64_t pos, neg;
@@ -111,6 +141,7 @@ static void resign_avx2(float *b, uint64_t *rec, const float *w, const float *ma
                         int64_t lo, int64_t hi) {
     const __m256 zero = _mm256_setzero_ps();
     int64_t end = whole_blocks_end(n, hi);
+    #pragma omp parallel for schedule(static) if ((end - lo) * SIGSYM_BLOCK >= SIGSYM_PAR_MIN)
     for (int64_t j = lo; j < end; ++j) {
         uint64_t pos = 0, neg = 0;
         for (int k = 0; k < SIGSYM_BLOCK / 8; ++k) {
@@ -128,6 +159,7 @@ static void resign_avx512(float *b, uint64_t *rec, const float *w, const float *
                           int64_t lo, int64_t hi) {
     const __m512 zero = _mm512_setzero_ps();
     int64_t end = whole_blocks_end(n, hi);
+    #pragma omp parallel for schedule(static) if ((end - lo) * SIGSYM_BLOCK >= SIGSYM_PAR_MIN)
     for (int64_t j = lo; j < end; ++j) {
         uint64_t pos = 0, neg = 0;
         for (int k = 0; k < SIGSYM_BLOCK / 16; ++k) {
@@ -139,7 +171,106 @@ static void resign_avx512(float *b, uint64_t *rec, const float *w, const float *
     }
     resign_portable(b, rec, w, mag, scale, n, end > lo ? end : lo, hi);
 }
+
+/* The codes draw written out by hand, 16 (8) words at a time, the tail left to the portable loop: gcc's own
+ * vectorization of that loop interleaves the two halves of each word less well. Plain stores, not streaming ones:
+ * streaming B past the cache made the draw faster alone but the whole pass slower, as the convolution that reads B
+ * next then fetched it from memory. Same arithmetic as the portable loop, so the same numbers. */
+__attribute__((target("avx512f")))
+static inline __m512i h32_avx512(__m512i x) {
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x21f0aaad));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int)0xd35a2d97u));
+    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+}
+
+__attribute__((target("avx512f")))
+static void fill_codes_avx512(float *out, const int8_t *codes, int64_t j0, int64_t j1, uint32_t k1, uint32_t k2,
+                              float scale) {
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i low16 = _mm512_set1_epi32(0xffff), one = _mm512_set1_epi32(1);
+    const __m512 sc = _mm512_set1_ps(scale);
+    int64_t groups = (j1 - j0) / 16;
+    #pragma omp parallel for schedule(static) if (32 * groups >= SIGSYM_PAR_MIN)
+    for (int64_t g = 0; g < groups; ++g) {
+        int64_t j = j0 + 16 * g;
+        __m512i x = _mm512_xor_si512(_mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)j), lanes),
+                                     _mm512_set1_epi32((int)k1));
+        x = h32_avx512(_mm512_add_epi32(h32_avx512(x), _mm512_set1_epi32((int)k2)));
+        __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_or_si512(_mm512_and_si512(x, low16), one)), sc);
+        __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_or_si512(_mm512_srli_epi32(x, 16), one)), sc);
+        __m512 sa = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 2 * j))));
+        __m512 sb = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 2 * j + 16))));
+        _mm512_storeu_ps(out + 2 * j, _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), sa));
+        _mm512_storeu_ps(out + 2 * j + 16, _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), sb));
+    }
+    fill_codes_portable(out, codes, j0 + 16 * groups, j1, k1, k2, scale);
+}
+
+__attribute__((target("avx2")))
+static inline __m256i h32_avx2(__m256i x) {
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x21f0aaad));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0xd35a2d97u));
+    return _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+}
+
+__attribute__((target("avx2")))
+static void fill_codes_avx2(float *out, const int8_t *codes, int64_t j0, int64_t j1, uint32_t k1, uint32_t k2,
+                            float scale) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i low16 = _mm256_set1_epi32(0xffff), one = _mm256_set1_epi32(1);
+    const __m256 sc = _mm256_set1_ps(scale);
+    int64_t groups = (j1 - j0) / 8;
+    #pragma omp parallel for schedule(static) if (16 * groups >= SIGSYM_PAR_MIN)
+    for (int64_t g = 0; g < groups; ++g) {
+        int64_t j = j0 + 8 * g;
+        __m256i x = _mm256_xor_si256(_mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)j), lanes),
+                                     _mm256_set1_epi32((int)k1));
+        x = h32_avx2(_mm256_add_epi32(h32_avx2(x), _mm256_set1_epi32((int)k2)));
+        __m256 lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_and_si256(x, low16), one)), sc);
+        __m256 hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(x, 16), one)), sc);
+        __m256 a = _mm256_unpacklo_ps(lo, hi), b = _mm256_unpackhi_ps(lo, hi);  /* words 0,1,4,5 and 2,3,6,7 */
+        __m256 sa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(codes + 2 * j))));
+        __m256 sb = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(codes + 2 * j + 8))));
+        _mm256_storeu_ps(out + 2 * j, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), sa));
+        _mm256_storeu_ps(out + 2 * j + 8, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), sb));
+    }
+    fill_codes_portable(out, codes, j0 + 8 * groups, j1, k1, k2, scale);
+}
 #endif
+
+/* The same draw as sigsym_brsf_fill with sign(W) read from its codes: on weights that stay fixed (an attack's steps)
+ * W would be read again at every pass, and its 4 bytes per weight, not the hashing, are most of the draw's time
+ * once the pass has pushed W out of cache; the codes are 1 byte. Same numbers: (float)code is sgn(w) exactly.
+ * Elements [start, stop); start must be even. */
+void sigsym_brsf_fill_codes(float *out, const int8_t *codes, int64_t start, int64_t stop, uint32_t k1, uint32_t k2,
+                            float scale) {
+    int64_t j0 = start >> 1, j1 = stop >> 1;
+#ifdef SIGSYM_AVX2
+#ifndef SIGSYM_NO_AVX512
+    if (__builtin_cpu_supports("avx512f")) {
+        fill_codes_avx512(out, codes, j0, j1, k1, k2, scale);
+    } else
+#endif
+    if (__builtin_cpu_supports("avx2")) {
+        fill_codes_avx2(out, codes, j0, j1, k1, k2, scale);
+    } else
+#endif
+    {
+        fill_codes_portable(out, codes, j0, j1, k1, k2, scale);
+    }
+    if (stop & 1 && stop - 1 >= start) {
+        uint32_t x = h32(h32((uint32_t)j1 ^ k1) + k2);
+        out[stop - 1] = mag(x & 0xffffu, scale) * (float)codes[stop - 1];
+    }
+}
 
 void sigsym_resign(float *b, uint64_t *rec, const float *w, const float *mag, float scale, int64_t n, int64_t lo,
                    int64_t hi) {

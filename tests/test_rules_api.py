@@ -119,6 +119,39 @@ def test_brsf_redraws_every_pass_with_the_signs_of_w():
         assert (b.abs() <= xavier_bound(w)).all()
 
 
+def test_brsf_reads_sign_codes_only_while_w_stays_fixed(monkeypatch):
+    # passes on fixed weights (an attack) draw from 1-byte sign codes; a weight update must drop them
+    from rules.base import Layer
+    from rules.kernels import native_fill_codes
+
+    torch.manual_seed(0)
+    model = net()
+    reference = copy.deepcopy(model)
+    h = rules.attach(model, "brsf", seed=4)
+    layer = h.layers["3"]
+    fwd_bwd(model, seed=0)
+    assert layer.derived["codes"][1] is None  # one pass is no evidence that W stays fixed
+    fwd_bwd(model, seed=1)
+    if native_fill_codes() is not None:
+        assert torch.equal(layer.derived["codes"][1], torch.sign(layer.weight.detach()).to(torch.int8))
+    with torch.no_grad():
+        layer.weight.neg_()  # every sign flips: B drawn from stale codes would point the wrong way everywhere
+    fwd_bwd(model, seed=2)
+    assert layer.derived["codes"][1] is None
+    assert torch.equal(torch.sign(h.feedback("3")), torch.sign(layer.weight.detach()))
+    grads = [fwd_bwd(model, seed=s) for s in (3, 4)]
+
+    monkeypatch.setattr(Layer, "fixed_sign_codes", lambda self: None)  # every draw reads W
+    hr = rules.attach(reference, "brsf", seed=4)
+    fwd_bwd(reference, seed=0)
+    fwd_bwd(reference, seed=1)
+    with torch.no_grad():
+        hr.layers["3"].weight.neg_()
+    fwd_bwd(reference, seed=2)
+    for s, g in zip((3, 4), grads, strict=True):
+        assert torch.equal(fwd_bwd(reference, seed=s), g)
+
+
 def test_zero_weights_send_no_error_under_sign_rules():
     for rule in ("usf", "frsf", "brsf"):
         model = net()
@@ -261,6 +294,16 @@ def test_brsf_stream_is_identical_across_backends_and_threads(n):
         outs[backend] = s.fill_signed_(torch.empty(n), sign, backend=backend).clone()
         scaled = s.fill_signed_(torch.empty(n), sign, scale=0.0123, backend=backend).clone()
         outs[backend + " scaled"] = scaled
+        if backend == "native":  # the same draws from sign codes instead of the weights
+            from rules.kernels import sign_codes
+
+            s = UniformStream(5)
+            s.fill_signed_(torch.empty(10), torch.ones(10))
+            codes = sign_codes(sign)
+            outs["codes"] = s.fill_signed_(torch.empty(n), torch.zeros(n), backend=backend, codes=codes).clone()
+            outs["codes scaled"] = s.fill_signed_(torch.empty(n), sign, scale=0.0123, codes=codes).clone()
+            with pytest.raises(ValueError, match="codes must be rules.kernels.sign_codes"):
+                s.fill_signed_(torch.empty(n), sign, codes=codes.to(torch.int16))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -299,11 +342,9 @@ def test_sign_flip_updates_equal_a_full_rebuild(rule):
             assert torch.equal(patched, h.feedback(name)), f"{rule} {name} step {step}"
 
 
-@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 70_001])
-def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
-    """B = mag * sign(W) kept up to date through the sign record equals torch's formula after any sign changes, with
-    the machine's own path and with the AVX2 and portable loops (built here without the faster ones), for sizes that
-    are not whole blocks."""
+def kernel_builds(function: str, tmp_path) -> dict:
+    """`function` from the machine's own build of rules/feedback_kernels.c and from builds made here without the
+    faster loops (AVX2 only; portable C), each with and without OpenMP."""
     import ctypes
     import shutil
     import subprocess
@@ -314,15 +355,48 @@ def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
         from conftest import require
 
         require("the native feedback kernels", f"{kernels.status()}")
-    libs = {"default": kernels._library().sigsym_resign}
+    fns = {"default": getattr(kernels._library(), function)}
     cc = shutil.which("cc") or shutil.which("gcc")
-    for name, flag in ([("portable", "-DSIGSYM_NO_CLONES"), ("avx2", "-DSIGSYM_NO_AVX512")] if cc else []):
-        so = tmp_path / f"{name}.so"
-        subprocess.run([cc, "-O3", "-fPIC", "-shared", flag, "-o", str(so), str(kernels._SOURCE)],
+    for name, flags in ([("portable", ["-DSIGSYM_NO_CLONES"]), ("avx2", ["-DSIGSYM_NO_AVX512"]),
+                         ("avx2 openmp", ["-DSIGSYM_NO_AVX512", "-fopenmp"])] if cc else []):
+        so = tmp_path / f"{name.replace(' ', '-')}.so"
+        subprocess.run([cc, "-O3", "-fPIC", "-shared", *flags, "-o", str(so), str(kernels._SOURCE)],
                        check=True, capture_output=True)
-        fn = ctypes.CDLL(str(so)).sigsym_resign
-        fn.argtypes, fn.restype = kernels._SIGNATURES["sigsym_resign"], None
-        libs[name] = fn
+        fn = getattr(ctypes.CDLL(str(so)), function)
+        fn.argtypes, fn.restype = kernels._SIGNATURES[function], None
+        fns[name] = fn
+    return fns
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 1001, 70_001])
+def test_brsf_draw_from_sign_codes_equals_numpy_in_every_build(n, tmp_path):
+    """The codes draw (vector loops, their tail in the portable loop) gives numpy's numbers in every build, including
+    the odd last element, and writes nothing outside the output, aligned or not."""
+    from rules.kernels import sign_codes
+
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g)
+    w[::7] = 0.0
+    codes = sign_codes(w)
+    want = torch.empty(n)
+    UniformStream._fill_numpy(want, w, 123, 456, 0.0123)
+    for name, fn in kernel_builds("sigsym_brsf_fill_codes", tmp_path).items():
+        for offset in (0, 1):
+            buf = torch.full((n + 16,), float("nan"))
+            out = buf[offset:offset + n]
+            fn(out.data_ptr(), codes.data_ptr(), 0, n, 123, 456, 0.0123)
+            assert torch.equal(out, want), (name, offset)
+            assert buf[:offset].isnan().all() and buf[offset + n:].isnan().all(), (name, offset)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 70_001])
+def test_sign_record_update_equals_torch_and_the_portable_build(n, tmp_path):
+    """B = mag * sign(W) kept up to date through the sign record equals torch's formula after any sign changes, with
+    the machine's own path and with the AVX2 and portable loops (built here without the faster ones), for sizes that
+    are not whole blocks."""
+    from rules import kernels
+
+    libs = kernel_builds("sigsym_resign", tmp_path)
     g = torch.Generator().manual_seed(n)
     w0 = torch.randn(n, generator=g)
     w0[::7] = 0.0
