@@ -57,6 +57,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--image-size", type=int, default=None, help="override the per-backbone image size")
     r.add_argument("--batch-size", type=int, default=None, help="override the per-backbone batch size")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--control", action="store_true",
+                   help="also time a control that only overwrites a weight-sized B at every pass (no random numbers, "
+                   "no read of W): the least brsf, which redraws B every pass, can cost here")
     common(r, 30)
     d = which.add_parser(
         "data", help="shard reader images/s vs an in-memory tensor and vs ResNet-18 training",

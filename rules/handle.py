@@ -311,14 +311,17 @@ class RuleHandle:
             self.stream.load_state_dict(state["stream"])
 
 
-def attach(model: nn.Module, name: str, seed: int = 0, state: dict[str, Any] | None = None) -> RuleHandle:
-    """Run `model`'s Conv/Linear layers under learning rule `name`; returns the handle.
+def attach(model: nn.Module, name: str | type[Rule], seed: int = 0, state: dict[str, Any] | None = None
+           ) -> RuleHandle:
+    """Run `model`'s Conv/Linear layers under learning rule `name` (a registered name, or a `Rule` subclass not
+    registered, such as a benchmark's control); returns the handle.
 
     Every nn.Conv1d/2d/3d and nn.Linear (head included) sends its error down with the rule's B; weight and bias
     gradients stay exact; every other module keeps exact gradients. `seed` fixes the rule's random draws; `state`
     (from `handle.state_dict()`) restores them exactly, as saved with a checkpoint.
     """
-    rule = get_rule(name)()
+    rule = get_rule(name)() if isinstance(name, str) else name()
+    name = rule.name
     if getattr(model, _ATTR, None) is not None:
         running = getattr(model, _ATTR).name
         raise RuntimeError(f"{type(model).__name__} already runs rule {running!r}; detach() it first")

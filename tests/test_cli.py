@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from datagen import write_fmnist
+from torch import nn
 
+import rules
 from harness.cli import main
 
 
@@ -127,10 +129,26 @@ def test_standard_jpg_copy_holds_the_same_labels_and_no_image_in_the_prepared_fo
 @pytest.mark.slow
 def test_bench_rules_runs_and_writes_json(tmp_path, capsys):
     path = tmp_path / "r.json"
-    assert main(["bench", "rules", "--rules", "bp,brsf", "--rounds", "2", "--batch-size", "4", "--out", str(path)]) == 0
+    assert main(["bench", "rules", "--rules", "bp,brsf", "--rounds", "2", "--batch-size", "4", "--control",
+                 "--out", str(path)]) == 0
     rows = json.loads(path.read_text())["rows"]
-    assert [r["rule"] for r in rows] == ["bp", "brsf"] and all(r["train_ratio"] > 0 for r in rows)
+    assert [r["rule"] for r in rows] == ["bp", "brsf", "fresh-B control"] and all(r["train_ratio"] > 0 for r in rows)
     assert "train x BP" in capsys.readouterr().out
+
+
+def test_the_benchmark_control_writes_a_fresh_b_at_every_pass_and_is_no_registered_rule():
+    from harness.bench.rules import FreshBufferControl
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    handle = rules.attach(model, FreshBufferControl, seed=0)
+    assert handle.name == "fresh-B control" and handle.name not in rules.available_rules()
+    x = torch.randn(2, 1, 4, 4, requires_grad=True)
+    model(x).sum().backward()
+    b = handle.layers["0"].last_b
+    assert b is not None and b.shape == model[0].weight.shape and bool((b == 1e-3).all())
+    b.fill_(7.0)  # whatever a pass left in the buffer, the next pass writes it again
+    model(x).sum().backward()
+    assert bool((handle.layers["0"].last_b == 1e-3).all())
 
 
 def test_bench_train_runs_inside_the_real_loop(tmp_path, capsys):

@@ -4,6 +4,9 @@ Two steps per rule, each timed interleaved with a plain-BP twin of the same mode
 - train: forward, cross-entropy, backward, Adam step (the fine-tuning step of docs/protocol.md, "Training");
 - input_grad: forward and d loss / d input only, with parameters still requiring grad (one step of a gradient
   attack, the cost BioTorch pays 2.4x for).
+With `control=True` a third kind of row times `FreshBufferControl`, which is not a learning rule: the least any rule
+that hands the convolution a freshly written B at every pass (brsf) can cost, so brsf's ratio can be read against
+what writing B alone costs on the machine at hand.
 Imports torch and torchvision only, so it runs on a GPU machine where Ray is not installed.
 """
 
@@ -31,6 +34,24 @@ from harness.bench.timing import interleaved_medians, paired_ratio
 # --batch-size 64 to see it.
 CPU_SHAPES = {"resnet18": (32, 256), "alexnet": (64, 64), "vgg16": (32, 16)}
 GPU_SHAPES = {"resnet18": (224, 128), "alexnet": (224, 128), "vgg16": (224, 64)}
+
+
+class FreshBufferControl(rules.Rule):
+    """Control, not a learning rule: B is a weight-sized buffer overwritten with a constant at every backward pass.
+
+    It draws no random numbers and reads nothing of W, so its cost over plain autograd is what writing a fresh B for
+    every layer costs inside a step (memory traffic, and the convolution reading B instead of the W the forward left
+    in cache): the floor under brsf, whose draw writes the same bytes. Not registered, so no DAG can name it.
+    """
+
+    name = "fresh-B control"
+    random_per_pass = True
+
+    def feedback(self, layer: rules.Layer, stream: object = None) -> torch.Tensor:
+        return layer.scratch("b", layer.weight).fill_(1e-3)
+
+
+CONTROL = FreshBufferControl.name
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,7 @@ def bench_case(
     rounds: int,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    control: bool = False,
 ) -> list[dict]:
     torch.manual_seed(seed)
     layout = torch.channels_last if case.channels_last else torch.contiguous_format
@@ -107,11 +129,13 @@ def bench_case(
 
     train_variants: dict[str, Callable[[], None]] = {}
     grad_variants: dict[str, Callable[[], None]] = {}
-    for name in ["plain", *rule_names]:
+    timed = [*rule_names, *([CONTROL] if control else [])]
+    for name in ["plain", *timed]:
         model, attacked = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
         if name != "plain":  # same seed, so both copies run the same rule state
-            rules.attach(model, name, seed=seed)
-            rules.attach(attacked, name, seed=seed)
+            rule = FreshBufferControl if name == CONTROL else name
+            rules.attach(model, rule, seed=seed)
+            rules.attach(attacked, rule, seed=seed)
         opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=5e-4)
         train_variants[name] = _train_step(model, opt, x, y, case.amp)
         grad_variants[name] = _input_grad_step(attacked, x, y, case.amp)
@@ -122,7 +146,7 @@ def bench_case(
     log(f"[bench rules] {label}: input-gradient step, {rounds} interleaved rounds")
     grad = interleaved_medians(grad_variants, device, rounds, progress=_progress(log, label, "input_grad"))
     rows = []
-    for name in rule_names:
+    for name in timed:
         rows.append({
             "backbone": case.backbone, "image_size": case.image_size, "batch_size": case.batch_size, "rule": name,
             "case": case.label,
@@ -153,6 +177,7 @@ def run(
     batch_size: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    control: bool = False,
 ) -> dict:
     dev = torch.device(device)
     shapes = GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES
@@ -160,7 +185,7 @@ def run(
     for backbone in backbones:
         size, batch = shapes.get(backbone, (32, 64))
         case = Case(backbone, image_size or size, batch_size or batch)
-        rows.extend(bench_case(case, rule_names, dev, rounds, seed=seed, log=log))
+        rows.extend(bench_case(case, rule_names, dev, rounds, seed=seed, log=log, control=control))
     return {
         "benchmark": "rules",
         "device": _device_name(dev),
@@ -180,12 +205,13 @@ def _device_name(dev: torch.device) -> str:
 
 
 def format_table(result: dict) -> str:
-    head = f"{'backbone':<10} {'size':>4} {'batch':>5} {'rule':<5} {'train x BP':>10} {'input-grad x BP':>15}" \
+    w = max([4, *(len(r["rule"]) for r in result["rows"])])
+    head = f"{'backbone':<10} {'size':>4} {'batch':>5} {'rule':<{w}} {'train x BP':>10} {'input-grad x BP':>15}" \
            f" {'train ms':>9} {'input-grad ms':>13}"
     lines = [f"device: {result['device']}, torch {result['torch']}, {result['rounds']} rounds", head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(
-            f"{r['backbone']:<10} {r['image_size']:>4} {r['batch_size']:>5} {r['rule']:<5} {r['train_ratio']:>10.3f}"
+            f"{r['backbone']:<10} {r['image_size']:>4} {r['batch_size']:>5} {r['rule']:<{w}} {r['train_ratio']:>10.3f}"
             f" {r['input_grad_ratio']:>15.3f} {r['train_ms']:>9.1f} {r['input_grad_ms']:>13.1f}"
         )
     return "\n".join(lines)
