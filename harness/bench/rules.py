@@ -27,6 +27,7 @@ from torch import nn
 
 import rules
 from harness.bench.timing import interleaved_medians, paired_ratio
+from rules.streams import UniformStream
 
 # Sizes that finish on a 2-core CPU; the GPU preset is the paper's (224 px, batch 128). ResNet-18 at batch 256 is
 # the step size the README's cost targets are stated for (results/bench/NOTES.md). Smaller steps show more of the
@@ -47,7 +48,7 @@ class FreshBufferControl(rules.Rule):
     name = "fresh-B control"
     random_per_pass = True
 
-    def feedback(self, layer: rules.Layer, stream: object = None) -> torch.Tensor:
+    def feedback(self, layer: rules.Layer, stream: UniformStream | None = None) -> torch.Tensor:
         return layer.scratch("b", layer.weight).fill_(1e-3)
 
 
