@@ -53,6 +53,26 @@ def test_double_attach_and_deepcopy_are_refused():
     rules.attach(model, "usf")  # fine once detached
 
 
+def test_attach_takes_an_unregistered_rule_class_and_names_it_in_errors():
+    class Halved(rules.Rule):  # a rule being prototyped: B = W / 2, never registered
+        name = "halved"
+
+        def feedback(self, layer, stream=None):
+            return layer.weight.detach() / 2
+
+    model = net()
+    h = rules.attach(model, Halved)
+    assert h.name == "halved" and "halved" not in rules.available_rules()
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    (g_rule,) = torch.autograd.grad(model(x).sum(), x)
+    h.detach()
+    (g_bp,) = torch.autograd.grad(model(x).sum(), x)
+    # the backward is linear in the error and the forward is unchanged, so halving B in three layers is 1/8 of BP's
+    torch.testing.assert_close(g_rule, g_bp / 8)
+    with pytest.raises(ValueError, match=r"nothing for rule 'halved' to act on$"):
+        rules.attach(nn.Sequential(nn.ReLU()), Halved)
+
+
 def test_usf_is_scaled_sign():
     model = net()
     h = rules.attach(model, "usf")
