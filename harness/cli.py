@@ -336,6 +336,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     from harness.runtime import tune_allocator
     from workloads import train
     from workloads.checkpoint import load_checkpoint
+    from workloads.config import stage_config
 
     tune_allocator()
     if args.stage == "evaluate":
@@ -347,7 +348,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "attack":
         return _run_attack(args)
-    cfg = train.stage_config(assign(read_mapping(args.config, "stage config"), args.sets, args.config), args.config)
+    cfg = stage_config(assign(read_mapping(args.config, "stage config"), args.sets, args.config), args.config)
     if args.stage == "pretrain":
         path = train.pretrain(cfg, args.out, progress=not args.quiet)
     else:

@@ -78,17 +78,7 @@ def measured_rate(bench_json: str | Path | None = None) -> tuple[float, str] | N
 def _attack_passes(cfg: dict) -> float:
     from workloads.attacks import get_attack
 
-    spec = get_attack(cfg["attack"])
-    p = spec.parse(cfg["params"]).model_dump()
-    points = sum(1 for e in cfg["eps"] if e > 0)
-    n = cfg["n"]
-    if spec.family == "decision":
-        per_step = 2 if cfg["attack"] == "boundary" else int(p.get("initial_gradient_eval_steps", 100))
-        return n * int(p["steps"]) * per_step * FORWARD
-    steps = 1 if cfg["attack"] == "fgsm" else int(p.get("steps", p.get("queries", 100))) * int(p.get("restarts", 1))
-    if spec.family == "score":
-        return points * n * steps * FORWARD
-    return points * n * (steps * GRAD + FORWARD)
+    return get_attack(cfg["attack"]).passes(cfg["params"], cfg["eps"], cfg["n"])
 
 
 def node_passes(node: Node, sizes: dict[str, dict]) -> float:

@@ -34,13 +34,13 @@ from harness.verdicts import VerdictSettings
 from workloads import backbones
 from workloads.attacks import ATTACKS, GRADIENT_SOURCES, Budgets, ConvergeSettings, check_eps, get_attack
 from workloads.attacks.stage import AttackSample
+from workloads.config import FinetuneSettings, PretrainSettings
 from workloads.datasets.options import DataOptions
 from workloads.errors import ConfigError
 from workloads.evaluate import EvaluateSettings
 from workloads.names import STAGES
 from workloads.settings import Device, Invalid, Kind, Section, Seed, one_of, validate
 from workloads.tasks import TASKS, get_task
-from workloads.train import FinetuneSettings, PretrainSettings
 
 __all__ = ["STAGES", "CELL_AXES", "Dag", "DagConfig", "dag_model", "load_dag"]
 

@@ -291,7 +291,7 @@ def verdict_report(runs: pl.DataFrame, outcomes: pl.DataFrame, settings: Verdict
     if not outcomes:
         return [], pl.DataFrame(), []
     families = {n: get_attack(n).family for n in ATTACKS.in_order()}
-    single = {n for n in ATTACKS.in_order() if "steps" not in get_attack(n).params.model_fields}
+    single = {n for n in ATTACKS.in_order() if get_attack(n).single_step}
     cosine = {tuple(r[k] for k in MODEL): r.get(f"metrics.{Metric.GRAD_COSINE}")
               for r in runs.filter(pl.col("stage") == Stage.EVALUATE).iter_rows(named=True)}
     reran = {tuple(r[k] for k in MODEL) for r in runs.filter(pl.col("stage") == Stage.CONVERGE).iter_rows(named=True)}

@@ -121,7 +121,8 @@ def _trainable(config: dict, bases: dict, pretrained: str | None, validation: fl
     from ray import tune
 
     from harness.runtime import tune_allocator
-    from workloads.train import DivergenceError, finetune_model
+    from workloads.errors import DivergenceError
+    from workloads.train import finetune_model
 
     tune_allocator()
     torch.set_num_threads(threads)

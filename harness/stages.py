@@ -80,8 +80,8 @@ def _evaluate(node: dict, store: ArtifactStore, progress: Progress) -> dict:
 
 def _attack(node: dict, store: ArtifactStore, progress: Progress) -> dict:
     from workloads.attacks import attack_checkpoint, write_outcomes
+    from workloads.settings import resolve_device
     from workloads.tasks import get_task
-    from workloads.train import resolve_device
 
     cfg, inputs = node["config"], node["inputs"]
     sibling = store.model_path("finetune", inputs["sibling"]) if "sibling" in inputs else None
@@ -109,7 +109,7 @@ def _converge(node: dict, store: ArtifactStore, progress: Progress) -> dict:
 
     from harness.verdicts import survivors
     from workloads.attacks import attack_checkpoint, write_outcomes
-    from workloads.train import resolve_device
+    from workloads.settings import resolve_device
 
     cfg, inputs = node["config"], node["inputs"]
     evidence = [pl.read_parquet(store.outcomes_path(k)) for role, k in inputs.items() if role.startswith("evidence")]

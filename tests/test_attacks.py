@@ -10,9 +10,10 @@ from torch import nn
 
 import rules
 from workloads.attacks import ATTACKS, AttackContext, attack, attack_checkpoint, get_attack, gradient_cosine, validate
+from workloads.checkpoint import Loaded, load_model
 from workloads.datasets import ShardReader, prepare
 from workloads.tasks import get_task
-from workloads.train import Loaded, finetune, load_model
+from workloads.train import finetune
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +132,8 @@ def test_a_vanishing_gradient_is_counted_not_scored_zero():
     """A confidently classified image's float32 cross-entropy gradient underflows to exactly 0: it has no direction.
     torch's cosine_similarity scores such an image 0 (it clamps the norms), which pulled bp's cosine below 1."""
     import rules
+    from workloads.checkpoint import Loaded
     from workloads.tasks import get_task
-    from workloads.train import Loaded
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     y = torch.arange(8) % 3

@@ -203,7 +203,7 @@ def test_a_misspelt_key_is_named_and_the_right_one_suggested(tmp_path, change, k
     ({"device": "gpu"}, "device: 'gpu'; allowed: auto, cpu, cuda, cuda:N"),
 ])
 def test_stage_configs_are_checked_by_the_same_sections(change, message):
-    from workloads.train import stage_config
+    from workloads.config import stage_config
 
     with pytest.raises(ConfigError) as info:
         stage_config({"data": {"root": "x"}, **change}, "cfg.yaml")

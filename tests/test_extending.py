@@ -26,7 +26,7 @@ from workloads.attacks import attack, get_attack
 from workloads.datasets import ShardReader, prepare
 from workloads.errors import ConfigError
 from workloads.tasks import get_task
-from workloads.train import Loaded
+from workloads.checkpoint import Loaded
 
 # the rule: B = sign(W) under the handle, gradients flow, and the report order has it last
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))

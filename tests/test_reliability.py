@@ -16,9 +16,9 @@ from harness.plan import Node
 from harness.stages import run_node
 from harness.store import ArtifactStore
 from harness.tracking import Tracker
-from workloads.checkpoint import CheckpointWriteError, save_checkpoint
+from workloads.checkpoint import save_checkpoint
 from workloads.datasets import prepare
-from workloads.errors import ServiceError, StorageError
+from workloads.errors import CheckpointWriteError, ServiceError, StorageError
 
 ROOT = Path(__file__).resolve().parents[1]
 

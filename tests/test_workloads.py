@@ -11,11 +11,12 @@ from datagen import write_fmnist, write_hashlist
 
 import rules
 from workloads import backbones
-from workloads.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from workloads.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from workloads.datasets import prepare
+from workloads.errors import DivergenceError
 from workloads.evaluate import evaluate_checkpoint
 from workloads.tasks import map_at_k
-from workloads.train import DivergenceError, finetune, load_model, pretrain
+from workloads.train import finetune, pretrain
 
 RULES = ["bp", "fa", "usf", "frsf", "brsf"]
 

@@ -52,6 +52,10 @@ class StorageError(HarnessError, OSError):
     exit_code = 5
 
 
+class CheckpointWriteError(StorageError):
+    """The disk refused a checkpoint (full, read-only, over a size limit); no file was left behind."""
+
+
 class TrialError(HarnessError):
     """A trial of a search failed for a reason of its own (its error is in the message)."""
 

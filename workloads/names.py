@@ -18,6 +18,14 @@ class Stage:
 
 STAGES = (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE, Stage.ATTACK, Stage.CONVERGE)  # the order they run in
 
+class Passes:
+    """Units of work, in forward-equivalent image passes: what `harness plan` counts a grid's cost in."""
+
+    FORWARD = 1.0  # one image through the model
+    GRAD = 2.0  # a forward and the gradient with respect to the input (an attack step)
+    TRAIN = 3.0  # a forward and the gradients with respect to the input and the weights (a training step)
+
+
 # what the report groups by: the tags `axis.<name>` of every node's MLflow run
 AXES = ("dataset", "backbone", "seed", "task", "rule", "attack", "source")
 

@@ -173,6 +173,15 @@ def _device(value: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_device), Field(description="auto (cuda where there is one), cpu, cuda, cuda:N")]
+
+
+def resolve_device(name: str):  # -> torch.device; torch is imported only here, so settings stay light to load
+    """The torch device a `Device` setting names: `auto` is cuda where there is one."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 

@@ -1,11 +1,10 @@
-"""The training stages as plain functions (no Ray, no MLflow): pretrain, finetune, and the clean metrics.
+"""The training stages as plain functions (no Ray, no MLflow): pretrain and finetune, and the loop they share.
 
     pre = pretrain(cfg, "runs/pre.pt")                    # BP on the source classes
     ft = finetune(pre, "frsf", cfg, "runs/ft-frsf.pt")    # new head, all layers trained under the rule
 
-`cfg` is a `StageConfig` or a dict of one (its sections and defaults are below; `harness stage` reads it from
-YAML). Fine-tuning follows docs/protocol.md ("Training"): Adam (0.9, 0.999), weight decay 5e-4, learning rate
-1e-5 for the backbone and 1e-4 for the new head, no layer frozen.
+`cfg` is a `workloads.config.StageConfig` or a dict of one (`harness stage` reads it from YAML). Fine-tuning follows
+docs/protocol.md ("Training"); its settings and their defaults are in workloads/config.py.
 """
 
 from __future__ import annotations
@@ -14,96 +13,21 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
 from tqdm import tqdm
 
 import rules
 from workloads import backbones
-from workloads.checkpoint import load_checkpoint, save_checkpoint
+from workloads.checkpoint import Loaded, load_checkpoint, save_checkpoint
+from workloads.config import StageConfig, make_task, stage_config
 from workloads.datasets import ShardReader, load_manifest
-from workloads.datasets.options import DataOptions
 from workloads.errors import ConfigError, DivergenceError, unknown_name
-from workloads.settings import Count, Device, Rate, Section, Seed, one_of, validate
-from workloads.tasks import TASKS, Task, get_task, task_config_type
-
-
-class PretrainSettings(Section):
-    epochs: Count = 2
-    batch_size: Count = 128
-    lr: Rate = 1e-3
-    """Adam learning rate."""
-    weight_decay: Rate = 5e-4
-
-
-class FinetuneSettings(Section):
-    epochs: Count = 2
-    batch_size: Count = 64
-    lr_backbone: Rate = 1e-5
-    """Adam learning rate of every layer but the head (the paper: 1e-5)."""
-    lr_head: Rate = 1e-4
-    """Adam learning rate of the new head (the paper: 1e-4)."""
-    weight_decay: Rate = 5e-4
-
-
-class StageConfig(Section):
-    """What a training stage needs: the model, the data, the task, its settings, the seed and the device."""
-
-    backbone: one_of(backbones.available_backbones()) = "resnet18"
-    weights: str | None = None
-    """Initial weights: null (random, then the pretrain stage), imagenet (torchvision's, from the local hub
-    cache), or a state-dict file."""
-    data: DataOptions
-    """Required: the prepared dataset and how to read it."""
-    task: task_config_type() = Field({"name": "classification"}, validate_default=True)
-    pretrain: PretrainSettings = PretrainSettings()
-    finetune: FinetuneSettings = FinetuneSettings()
-    rule: one_of(rules.available_rules()) = "bp"
-    """The learning rule fine-tuning trains under (`finetune(..., rule, ...)` sets it)."""
-    seed: Seed = 0
-    device: Device = "auto"
-
-
-def stage_config(config: dict | StageConfig, where: str = "stage config") -> StageConfig:
-    return config if isinstance(config, StageConfig) else validate(StageConfig, config, where)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@dataclass
-class Loaded:
-    model: backbones.Network
-    handle: rules.RuleHandle | None
-    task: Task
-    config: StageConfig
-    checkpoint: dict
-
-
-def make_reader(cfg: StageConfig, split: str, classes, limit, shuffle: bool, batch_size: int, seed: int,
-                holdout: float = 0.0, part: str = "all") -> ShardReader:
-    data = cfg.data
-    manifest = load_manifest(data.root)
-    fixed = manifest.image.get("height")
-    native = (fixed or data.image_size or 224) + 2 * data.pad
-    size = data.image_size or backbones.input_size(cfg.backbone, native)
-    resize = None if (fixed is not None and size == native) else size
-    return ShardReader(data.root, split, batch_size=batch_size, shuffle=shuffle, seed=seed, classes=classes,
-                       limit=limit, pad=data.pad, image_size=resize, channels=3, holdout=holdout, part=part)
-
-
-def split_names(root: str) -> tuple[str, str, str]:
-    """(train, test, database) split names: hashlist data has train/query/database, the others train/test."""
-    splits = load_manifest(root).splits
-    test = "test" if "test" in splits else ("query" if "query" in splits else "val")
-    db = "database" if "database" in splits else "train"
-    return "train", test, db
+from workloads.evaluate import EvalMode, evaluate_loaded
+from workloads.inputs import make_reader, split_names
+from workloads.settings import resolve_device
+from workloads.tasks import Task, get_task
 
 
 def _check_finite(value: float, stage: str, epoch: int, step: int) -> None:
@@ -178,33 +102,21 @@ def pretrain(config: dict | StageConfig, out: str | Path, progress: bool = True,
     cfg = stage_config(config)
     p, seed, classes = cfg.pretrain, cfg.seed, cfg.data.source_classes
     device = resolve_device(cfg.device)
-    num_classes = len(classes) if classes is not None else load_manifest(cfg.data.root).num_classes
+    manifest = load_manifest(cfg.data.root)
+    num_classes = len(classes) if classes is not None else manifest.num_classes
     torch.manual_seed(seed)
     model = _prepare_model(backbones.build(cfg.backbone, num_classes, cfg.weights), device)
     task = get_task("classification")(num_classes)
-    train_split, test_split, _ = split_names(cfg.data.root)
+    train_split, test_split, _ = split_names(manifest)
     reader = make_reader(cfg, train_split, classes, cfg.data.train_limit, True, p.batch_size, seed)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     history = train_epochs(model, task, reader, opt, p.epochs, "pretrain", device, progress, on_epoch)
     test = make_reader(cfg, test_split, classes, cfg.data.test_limit, False, 256, seed)
-    metrics = task.evaluate(_Eval(model, device), test)
+    metrics = task.evaluate(EvalMode(model, device), test)
     return save_checkpoint({
         "kind": "pretrain", "config": cfg.model_dump(), "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "history": history, "metrics": metrics,
     }, out)
-
-
-class _Eval(torch.nn.Module):
-    """Runs a model in eval mode on `device` for batches that arrive on the CPU."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        super().__init__()
-        self.model, self.device = model, device
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.model(x.to(self.device)).float().cpu()
 
 
 def finetune(pretrained: str | Path | None, rule: str, config: dict | StageConfig, out: str | Path,
@@ -237,7 +149,7 @@ def finetune_model(pretrained: str | Path | None, rule: str, config: dict | Stag
         {"params": model.backbone_parameters(), "lr": f.lr_backbone},
         {"params": model.head_parameters(), "lr": f.lr_head},
     ], betas=(0.9, 0.999), weight_decay=f.weight_decay)
-    train_split, _, _ = split_names(cfg.data.root)
+    train_split, _, _ = split_names(manifest)
     part = "fit" if validation > 0 else "all"
     reader = make_reader(cfg, train_split, classes, cfg.data.train_limit, True, f.batch_size, seed, validation, part)
     validate = _validator(cfg, task, model, device, validation) if validation > 0 else None
@@ -256,7 +168,7 @@ def _validator(cfg: StageConfig, task: Task, model: torch.nn.Module, device: tor
                fraction: float) -> Callable[[], dict]:
     """Scores the model on the held-out part of the training split (hashing: against the fit part as database)."""
     data, seed = cfg.data, cfg.seed
-    train_split, _, _ = split_names(data.root)
+    train_split, _, _ = split_names(load_manifest(data.root))
     fit_limit = data.train_limit
     # as many held-out images per fit image as in the whole split: a train_limit shrinks both alike
     limit = None if fit_limit is None else max(1, math.ceil(fit_limit * fraction / (1 - fraction)))
@@ -265,56 +177,10 @@ def _validator(cfg: StageConfig, task: Task, model: torch.nn.Module, device: tor
     if task.kind == "hashing":
         db = make_reader(cfg, train_split, data.target_classes, data.db_limit or fit_limit, False, 256, seed,
                          fraction, "fit")
-    scored = _Eval(model, device)
+    scored = EvalMode(model, device)
 
     def validate() -> dict:
         metrics = task.evaluate(scored, held, db)
         return {f"val_{task.metric}": metrics[task.metric]}
 
     return validate
-
-
-def make_task(cfg: StageConfig, num_classes: int, label_kind: str) -> Task:
-    options = cfg.task.model_dump(exclude={"name"})
-    return get_task(cfg.task.name)(num_classes, label_kind, **options, seed=cfg.seed)
-
-
-def checkpoint_config(ckpt: dict, where: str) -> StageConfig:
-    """The StageConfig a checkpoint was made with. Checkpoints written before the config was typed hold every
-    task's options under `task` (bits of a classifier): only the task's own are kept."""
-    cfg = dict(ckpt["config"])
-    task = dict(cfg.get("task") or {})
-    if task.get("name") in TASKS.names():
-        own = get_task(task["name"]).Options.model_fields
-        cfg["task"] = {k: v for k, v in task.items() if k == "name" or k in own}
-    return stage_config(cfg, f"{where} (its config)")
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device | None = "cpu", attach_rule: bool = True) -> Loaded:
-    """A fine-tuned model exactly as it was trained: weights, rule state (same B, same brsf stream), task state;
-    on `device` (None: the device its config names)."""
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("kind") != "finetune":
-        raise ConfigError(f"{checkpoint} is a {ckpt.get('kind')} checkpoint; a fine-tuned one is needed here")
-    cfg = checkpoint_config(ckpt, str(checkpoint))
-    manifest = load_manifest(cfg.data.root)
-    classes = cfg.data.target_classes
-    task = make_task(cfg, len(classes) if classes is not None else manifest.num_classes, manifest.label_kind)
-    task.load_state_dict(ckpt.get("task_state", {}))
-    model = backbones.build(cfg.backbone, task.num_outputs)
-    model.load_state_dict(ckpt["model"])
-    model = model.to(resolve_device(cfg.device if device is None else str(device))).eval()
-    handle = rules.attach(model, ckpt["rule"], seed=cfg.seed, state=ckpt["rule_state"]) if attach_rule else None
-    return Loaded(model, handle, task, cfg, ckpt)
-
-
-def evaluate_loaded(loaded: Loaded, device: torch.device) -> dict:
-    """Clean metrics on the target test split: top-1 (classification) or mAP@k against the database (hashing)."""
-    cfg, task, data = loaded.config, loaded.task, loaded.config.data
-    _, test_split, db_split = split_names(data.root)
-    test = make_reader(cfg, test_split, data.target_classes, data.test_limit, False, 256, cfg.seed)
-    model = _Eval(loaded.model, device)
-    if task.kind == "hashing":
-        db = make_reader(cfg, db_split, data.target_classes, data.db_limit, False, 256, cfg.seed)
-        return task.evaluate(model, test, db)
-    return task.evaluate(model, test)

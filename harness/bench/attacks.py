@@ -22,8 +22,8 @@ import torchattacks
 import rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
+from workloads.checkpoint import Loaded
 from workloads.tasks import get_task
-from workloads.train import Loaded
 
 
 def _pgd_direct(model: torch.nn.Module, batches: list, eps: float, steps: int) -> Callable[[], float]:

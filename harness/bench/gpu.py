@@ -30,8 +30,8 @@ def _attack_runs(kind: str, rule_names: list[str], device: torch.device, image_s
     """One harness attack run per rule on the same weights and images: PGD (classification) or SDHA (hashing)."""
     from workloads import backbones
     from workloads.attacks import attack
+    from workloads.checkpoint import Loaded
     from workloads.tasks import get_task
-    from workloads.train import Loaded
 
     task = get_task(kind)(10)
     gen = torch.Generator().manual_seed(seed)

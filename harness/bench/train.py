@@ -16,9 +16,12 @@ import torch
 import rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
+from workloads.config import stage_config
 from workloads.datasets import load_manifest
+from workloads.inputs import make_reader
+from workloads.settings import resolve_device
 from workloads.tasks import get_task
-from workloads.train import StageConfig, make_reader, resolve_device, train_step
+from workloads.train import train_step
 
 
 def _cycle(reader) -> Iterator:
@@ -32,8 +35,8 @@ def _cycle(reader) -> Iterator:
 def run(folder: str, rule_names: list[str], backbone: str = "resnet18", classes: list[int] | None = None,
         pad: int = 2, batch_size: int = 256, steps_per_round: int = 3, rounds: int = 15, device: str = "cpu",
         seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    cfg = StageConfig(backbone=backbone, device=device, seed=seed,
-                      data={"root": str(folder), "target_classes": classes, "pad": pad})
+    cfg = stage_config({"backbone": backbone, "device": device, "seed": seed,
+                        "data": {"root": str(folder), "target_classes": classes, "pad": pad}}, "bench train")
     dev = resolve_device(device)
     n_classes = len(classes) if classes is not None else load_manifest(folder).num_classes
     task = get_task("classification")(n_classes)

@@ -8,11 +8,20 @@ attacks in.
 # isort: off
 from workloads.attacks import gradient, score, decision, hashing  # noqa: F401  (register the attacks)
 # isort: on
-from workloads.attacks.base import GRADIENT_SOURCES, AttackContext, AttackSpec, Budgets, check_eps, project
+from workloads.attacks.base import (
+    GRADIENT_SOURCES,
+    AttackContext,
+    AttackSpec,
+    Budgets,
+    Steps,
+    check_eps,
+    gradient_cost,
+    project,
+)
 from workloads.attacks.registry import ATTACKS, available_attacks, get_attack, register_attack
 from workloads.attacks.run import attack, gradient_cosine, run_attack, validate
-from workloads.attacks.stage import ConvergeSettings, attack_checkpoint, write_outcomes
+from workloads.attacks.stage import AttackConfig, ConvergeSettings, attack_checkpoint, run_config, write_outcomes
 
-__all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackContext", "AttackSpec", "Budgets", "ConvergeSettings", "attack",
-           "attack_checkpoint", "available_attacks", "check_eps", "get_attack", "gradient_cosine", "project",
-           "register_attack", "run_attack", "validate", "write_outcomes"]
+__all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackConfig", "AttackContext", "AttackSpec", "Budgets", "ConvergeSettings",
+           "Steps", "attack", "attack_checkpoint", "available_attacks", "check_eps", "get_attack", "gradient_cost",
+           "gradient_cosine", "project", "register_attack", "run_attack", "run_config", "validate", "write_outcomes"]

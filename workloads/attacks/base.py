@@ -21,13 +21,14 @@ verdicts never mix the two.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import torch
 from pydantic import AfterValidator, Field
 
 from workloads.errors import ConfigError
+from workloads.names import Passes
 from workloads.settings import Section, validate
 
 GRADIENT_SOURCES = ("rule", "exact", "transfer")
@@ -62,6 +63,11 @@ class AttackSpec:
     description: str = ""
     norm: str = "linf"
     """The norm its budgets are measured in; an attack whose params have a `constraint` takes that one (HSJA)."""
+    single_step: bool = False
+    """One gradient step (FGSM): the verdicts ask whether it beats the iterative attacks, a sign of obfuscation."""
+    cost: Callable[[Section], float] = field(kw_only=True)
+    """Forward-equivalent image passes (`workloads.names.Passes`) one image costs at one budget with these
+    parameters; for a minimal-perturbation attack, its whole run. What `harness plan` counts."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -87,6 +93,33 @@ class AttackSpec:
               ctx: AttackContext) -> Craft:
         """The craft function against `model` at budget `eps` (None for a decision attack)."""
         return self.builder(model, eps, self.parse(params), ctx)
+
+    def check(self, task_kind: str | None, source: str | None, eps_grid: list[float],
+              params: dict | Section | None = None) -> tuple[list[float], Section]:
+        """The one check of a use of this attack: it applies to the task kind (None: not known yet), the gradient
+        source fits its family, the parameters are its own and the budgets are in its norm. Returns the budgets as
+        floats and the parameters with their defaults."""
+        if task_kind is not None:
+            self.check_task(task_kind)
+        if self.needs_gradient_source:
+            if source not in GRADIENT_SOURCES:
+                raise ConfigError(f"gradient source {source!r} for {self.name!r}: choose one of "
+                                  f"{', '.join(GRADIENT_SOURCES)}")
+        elif source not in (None, "none"):
+            raise ConfigError(f"{self.name!r} queries outputs only; it takes no gradient source (got {source!r})")
+        params = self.parse(params)
+        return check_eps(eps_grid, self.norm_of(params)), params
+
+    def check_task(self, task_kind: str) -> None:
+        """It applies to models of this task kind."""
+        if task_kind not in self.tasks:
+            raise ConfigError(f"attack {self.name!r} does not apply to a {task_kind} model (it applies to: "
+                              f"{', '.join(self.tasks)})")
+
+    def passes(self, params: dict | Section | None, eps_grid: list[float], n: int) -> float:
+        """Image passes of one run on `n` images over `eps_grid` (a clean budget costs nothing)."""
+        points = 1 if self.minimal else sum(1 for e in eps_grid if e > 0)
+        return points * n * self.cost(self.parse(params))
 
     @property
     def needs_gradient_source(self) -> bool:
@@ -122,6 +155,18 @@ Budgets = Annotated[list[float], AfterValidator(lambda grid: check_eps(grid, "l2
     description="budgets in [0, 1] pixel space, in the attack's norm: L-inf (at most 1) for all but Boundary, "
                 "whose grid is L2, e.g. [0, 0.05, 0.1] or [0, 0.5, 1, 2]; 0 is the clean number",
     json_schema_extra={"items": {"type": "number", "minimum": 0}, "minItems": 1})]
+
+
+def require_sibling(source: str | None, sibling: object | None) -> None:
+    """A transfer attack crafts on the baseline's twin: refuse to start without it."""
+    if source == "transfer" and sibling is None:
+        raise ConfigError("gradient source 'transfer' needs the BP-fine-tuned sibling (sibling=...)")
+
+
+def gradient_cost(steps: int, restarts: int = 1) -> float:
+    """Passes per image of an iterative white-box attack: a forward and an input gradient per step, and the final
+    scoring forward."""
+    return steps * restarts * Passes.GRAD + Passes.FORWARD
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

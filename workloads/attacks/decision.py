@@ -18,6 +18,7 @@ import torch
 
 from workloads.attacks.base import AttackContext, AttackSpec, Steps
 from workloads.attacks.registry import register_attack
+from workloads.names import Passes
 from workloads.settings import Section
 
 
@@ -120,8 +121,11 @@ def _hsja(model, eps, params: HSJAParams, ctx: AttackContext):
     return _minimal(make, model, params, ctx)
 
 
+# Costs: queries per step as foolbox spends them (Boundary: a candidate and its check; HSJA: its first gradient
+# estimate, which later ones grow from): an upper-bound-ish guess, since both stop early on easy images
 register_attack(AttackSpec("boundary", "decision", ("classification",), _boundary, BoundaryParams,
                            "Boundary attack (Brendel et al. 2018), L2 minimal perturbation, label queries only",
-                           norm="l2"))
+                           norm="l2", cost=lambda p: p.steps * 2 * Passes.FORWARD))
 register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja, HSJAParams,
-                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only"))
+                           "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only",
+                           cost=lambda p: p.steps * p.initial_gradient_eval_steps * Passes.FORWARD))

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torchattacks
 
-from workloads.attacks.base import AttackContext, AttackSpec, Steps
+from workloads.attacks.base import AttackContext, AttackSpec, Steps, gradient_cost
 from workloads.attacks.registry import register_attack
 from workloads.settings import Section
 
@@ -57,10 +57,14 @@ def _autoattack(model, eps: float, params: AutoAttackParams, ctx: AttackContext)
                                    n_classes=ctx.task.num_classes, seed=ctx.seed)
 
 
-register_attack(AttackSpec("fgsm", "gradient", ("classification",), _fgsm, description="fast gradient sign, one step"))
+register_attack(AttackSpec("fgsm", "gradient", ("classification",), _fgsm, description="fast gradient sign, one step",
+                           single_step=True, cost=lambda p: gradient_cost(1)))
 register_attack(AttackSpec("pgd", "gradient", ("classification",), _pgd, PGDParams,
-                           "projected gradient descent, L-inf, random start"))
+                           "projected gradient descent, L-inf, random start", cost=lambda p: gradient_cost(p.steps)))
 register_attack(AttackSpec("apgd", "gradient", ("classification",), _apgd, APGDParams,
-                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning"))
+                           "auto-PGD (Croce & Hein 2020), step size adapted, no tuning",
+                           cost=lambda p: gradient_cost(p.steps, p.restarts)))
+# AutoAttack stops each of its attacks on the images already broken: about 100 gradient steps is its usual bill
 register_attack(AttackSpec("autoattack", "gradient", ("classification",), _autoattack, AutoAttackParams,
-                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients"))
+                           "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; standard for obfuscated gradients",
+                           cost=lambda p: gradient_cost(100)))

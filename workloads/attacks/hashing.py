@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workloads.attacks.base import AttackContext, AttackSpec, Steps, project
+from workloads.attacks.base import AttackContext, AttackSpec, Steps, gradient_cost, project
 from workloads.attacks.registry import register_attack
 from workloads.settings import Section
 
@@ -133,6 +133,7 @@ def _sdha(model, eps: float, params: SDHAParams, ctx: AttackContext):
 
 # Paper-faithful iteration counts (docs/hashing.md); the embedded default DAG lowers them and its report says so.
 register_attack(AttackSpec("hag", "hashing", ("hashing",), _hag, HAGParams,
-                           "HAG (Yang et al. 2020): flip code bits, untargeted"))
+                           "HAG (Yang et al. 2020): flip code bits, untargeted", cost=lambda p: gradient_cost(p.steps)))
 register_attack(AttackSpec("sdha", "hashing", ("hashing",), _sdha, SDHAParams,
-                           "SDHA (Lu et al. 2021): AP-weighted surrogate Hamming distance to relevant items"))
+                           "SDHA (Lu et al. 2021): AP-weighted surrogate Hamming distance to relevant items",
+                           cost=lambda p: gradient_cost(p.steps)))

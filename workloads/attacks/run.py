@@ -19,29 +19,18 @@ from collections.abc import Callable, Iterable
 import polars as pl
 import torch
 
-from workloads.attacks.base import GRADIENT_SOURCES, AttackContext, AttackSpec, check_eps
+from workloads.attacks.base import AttackContext, AttackSpec, require_sibling
 from workloads.attacks.registry import get_attack
-from workloads.errors import ConfigError
 from workloads.names import Metric as M
 from workloads.settings import Section
 
 
-def validate(attack: str, task_kind: str, source: str | None, eps_grid: list[float],
+def validate(attack: str, task_kind: str | None, source: str | None, eps_grid: list[float],
              params: dict | None = None) -> tuple[AttackSpec, Section]:
-    """Every config error an attack can have, raised before anything is computed; the spec and its parameters."""
+    """Every config error an attack can have, raised before anything is computed (`AttackSpec.check`); the spec and
+    its parameters."""
     spec = get_attack(attack)
-    if task_kind not in spec.tasks:
-        raise ConfigError(f"attack {attack!r} does not apply to a {task_kind} model (it applies to: "
-                          f"{', '.join(spec.tasks)})")
-    if spec.needs_gradient_source:
-        if source not in GRADIENT_SOURCES:
-            raise ConfigError(f"gradient source {source!r} for {attack!r}: choose one of "
-                              f"{', '.join(GRADIENT_SOURCES)}")
-    elif source not in (None, "none"):
-        raise ConfigError(f"{attack!r} queries outputs only; it takes no gradient source (got {source!r})")
-    params = spec.parse(params)
-    check_eps(eps_grid, spec.norm_of(params))
-    return spec, params
+    return spec, spec.check(task_kind, source, eps_grid, params)[1]
 
 
 class QueryCounter(torch.nn.Module):
@@ -87,7 +76,7 @@ def attack(target, attack_name: str, source: str | None, eps_grid: list[float], 
 def run_attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
                sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
                on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], pl.DataFrame]:
-    """Attack `target` (a `workloads.train.Loaded`) at every eps of the grid: one row per eps, and the per-image
+    """Attack `target` (a `workloads.checkpoint.Loaded`) at every eps of the grid: one row per eps, and the per-image
     outcome table: `image`, `eps`, `clean` (correct clean) and `robust` (correct clean and not broken at this or a
     smaller eps; `robust_raw`: by this eps's own run), or for hashing `clean_ap`, `ap` and `ap_raw`; the
     perturbation's `linf` and `l2`; `invalid` (a break the re-check refused).
@@ -98,10 +87,18 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
     only if the adversarial image passes the re-check (within eps of the clean one, inside [0, 1], scored by the
     target in eval mode); the others are counted in `invalid`. `on_row` sees each row as soon as it is measured.
     """
+    spec = get_attack(attack_name)
+    eps_grid, params = spec.check(target.task.kind, source, eps_grid, params)
+    return run_checked(target, spec, source, eps_grid, params, batches, sibling, seed, database, on_row)
+
+
+def run_checked(target, spec: AttackSpec, source: str | None, eps_grid: list[float], params: Section,
+                batches: Iterable, sibling=None, seed: int = 0, database: Iterable | None = None,
+                on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], pl.DataFrame]:
+    """`run_attack` with arguments that passed `AttackSpec.check` already (a DAG's attack nodes were checked when the
+    DAG was loaded): nothing is checked twice."""
+    require_sibling(source, sibling)
     task = target.task
-    spec, params = validate(attack_name, task.kind, source, eps_grid, params)
-    if source == "transfer" and sibling is None:
-        raise ConfigError("gradient source 'transfer' needs the BP-fine-tuned sibling model")
     if task.kind == "hashing" and database is None:
         raise ValueError("attacking a hashing model needs the retrieval database (batches of its database split)")
     for loaded in (target, sibling):
@@ -115,7 +112,6 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
     ctx = AttackContext(task=task, seed=seed)
     scorer = _HashScorer(target, crafting.model, database, ctx) if task.kind == "hashing" else _ClassScorer(target)
     clean = [scorer.clean(x, y) for x, y in batches]
-    eps_grid = check_eps(eps_grid, spec.norm_of(params))
     if spec.minimal:
         return _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
     rows: dict[int, dict] = {}
@@ -141,7 +137,7 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
         out = {k: torch.cat([o[k].cpu() for o in per_image]) for k in per_image[0]}
         out, invalid = scorer.settle(out, nested)
         nested, n = out, len(out[M.LINF])
-        rows[i] = {"attack": attack_name, "source": source, "eps": eps, "norm": "linf", **scorer.row(out),
+        rows[i] = {"attack": spec.name, "source": source, "eps": eps, "norm": "linf", **scorer.row(out),
                    M.LINF: float(out[M.LINF].sum()) / n, M.L2: float(out[M.L2].sum()) / n,
                    M.QUERIES: crafting.images / n, M.N: n, "invalid": int(invalid.sum())}
         tables.append(_table(eps, "linf", scorer.columns(out), out, invalid))

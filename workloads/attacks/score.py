@@ -6,6 +6,7 @@ import torchattacks
 
 from workloads.attacks.base import AttackContext, AttackSpec, Steps
 from workloads.attacks.registry import register_attack
+from workloads.names import Passes
 from workloads.settings import Section
 
 
@@ -22,4 +23,5 @@ def _square(model, eps: float, params: SquareParams, ctx: AttackContext):
 
 
 register_attack(AttackSpec("square", "score", ("classification",), _square, SquareParams,
-                           "Square attack (Andriushchenko et al. 2020), random search on output margins"))
+                           "Square attack (Andriushchenko et al. 2020), random search on output margins",
+                           cost=lambda p: p.queries * p.restarts * Passes.FORWARD))

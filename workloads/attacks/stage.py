@@ -13,13 +13,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, model_validator
 
-from workloads.attacks.run import gradient_cosine, run_attack, validate
+from workloads.attacks.base import require_sibling
+from workloads.attacks.registry import get_attack
+from workloads.attacks.run import gradient_cosine, run_checked
+from workloads.checkpoint import load_model
+from workloads.datasets import load_manifest
 from workloads.errors import ConfigError
+from workloads.files import atomic_write
+from workloads.inputs import make_reader, split_names
 from workloads.settings import Count, Device, Invalid, Limit, Section, Seed
 from workloads.settings import validate as validate_settings
 
@@ -31,8 +37,17 @@ class AttackSample(Section):
     """Images per batch the attack crafts at once."""
 
 
-class AttackStageSettings(AttackSample):
-    params: dict = {}
+class AttackConfig(AttackSample):
+    """One attack stage: which attack, with which gradient source, at which budgets, on which images, with which
+    parameters. Checked once, by the attack's own declaration (`AttackSpec.check`), when it is made."""
+
+    attack: str
+    """A registered attack (`harness stage attack --attack` lists them)."""
+    source: str | None = None
+    """The gradient source of a white-box attack: rule, exact or transfer (query attacks take none)."""
+    eps: list[float]
+    """Budgets in the attack's norm, in [0, 1] pixel space."""
+    params: SerializeAsAny[Section] = Section()
     """The attack's own parameters (checked by the attack), e.g. {steps: 50}."""
     db_limit: Limit = None
     """Hashing: database items ranked against (null: the model's own data setting)."""
@@ -44,6 +59,15 @@ class AttackStageSettings(AttackSample):
     images: list[Annotated[int, Field(ge=0)]] | None = None
     """Attack only these test images (positions in the test split, as in the outcome table's `image`); null: the
     first n. The convergence re-run uses it for the images every other attack left robust."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("attack"), str):
+            spec = get_attack(data["attack"])
+            eps, params = spec.check(None, data.get("source"), data.get("eps") or [], data.get("params"))
+            data = {**data, "eps": eps, "params": params}
+        return data
 
 
 class ConvergeSettings(Section):
@@ -61,8 +85,6 @@ class ConvergeSettings(Section):
 
     @model_validator(mode="after")
     def _known(self) -> ConvergeSettings:
-        from workloads.attacks.registry import get_attack
-
         try:
             spec = get_attack(self.attack)
         except ConfigError as exc:
@@ -77,17 +99,24 @@ class ConvergeSettings(Section):
 def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | None, eps_grid: list[float],
                       config: dict | None = None, sibling: str | Path | None = None,
                       on_row: Callable[[dict], None] | None = None) -> dict:
-    from workloads.train import load_model, make_reader, split_names
+    """`run_config` with an AttackConfig of these arguments and `config` (n, batch_size, params, ...)."""
+    cfg = validate_settings(AttackConfig, {**(config or {}), "attack": attack_name, "source": source,
+                                           "eps": eps_grid}, "attack-stage config")
+    return run_config(cfg, checkpoint, sibling, on_row)
 
-    cfg = validate_settings(AttackStageSettings, config or {}, "attack-stage config")
+
+def run_config(cfg: AttackConfig, checkpoint: str | Path, sibling: str | Path | None = None,
+               on_row: Callable[[dict], None] | None = None) -> dict:
+    """Attack the fine-tuned `checkpoint` as `cfg` says (`sibling`: the baseline twin a transfer attack crafts on);
+    the result's rows, diagnostics and per-image `outcomes` (polars)."""
+    require_sibling(cfg.source, sibling)
+    spec = get_attack(cfg.attack)
     target = load_model(checkpoint, cfg.device)
-    validate(attack_name, target.task.kind, source, eps_grid, cfg.params)
-    if source == "transfer" and sibling is None:
-        raise ConfigError("gradient source 'transfer' needs the BP-fine-tuned sibling checkpoint (sibling=...)")
-    twin = load_model(sibling, cfg.device) if source == "transfer" else None
+    spec.check_task(target.task.kind)  # the rest was checked when cfg was made; the task is known only now
+    twin = load_model(sibling, cfg.device) if cfg.source == "transfer" else None
     tc = target.config
     seed = tc.seed if cfg.seed is None else cfg.seed
-    _, test_split, db_split = split_names(tc.data.root)
+    _, test_split, db_split = split_names(load_manifest(tc.data.root))
     n = cfg.n if cfg.images is None else max(cfg.images, default=-1) + 1
     batches = list(make_reader(tc, test_split, tc.data.target_classes, n, False, cfg.batch_size, seed))
     if cfg.images is not None:
@@ -97,15 +126,15 @@ def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | No
         limit = cfg.db_limit if cfg.db_limit is not None else tc.data.db_limit
         database = make_reader(tc, db_split, tc.data.target_classes, limit, False, 500, seed)
     t0 = time.perf_counter()
-    rows, outcomes = run_attack(target, attack_name, source, eps_grid, batches, sibling=twin, params=cfg.params,
-                                seed=seed, database=database, on_row=on_row)
+    rows, outcomes = run_checked(target, spec, cfg.source, cfg.eps, cfg.params, batches, sibling=twin, seed=seed,
+                                 database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
     if cfg.images is not None:  # the table's `image` is the position in what was attacked: back to the split's
         outcomes = outcomes.with_columns(pl.col("image").replace_strict(dict(enumerate(cfg.images)),
                                                                         return_dtype=pl.Int32)).sort("eps", "image")
     diagnostics = gradient_cosine(target, batches[:1]) if cfg.diagnostics and target.handle is not None else {}
-    return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": attack_name,
-            "source": source, "metric": target.task.attack_metric, "rows": rows, "diagnostics": diagnostics,
+    return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": cfg.attack,
+            "source": cfg.source, "metric": target.task.attack_metric, "rows": rows, "diagnostics": diagnostics,
             "seconds": seconds, "seed": seed, "outcomes": outcomes}
 
 
@@ -123,10 +152,5 @@ def _select(batches: list, images: list[int], batch_size: int) -> list:
 
 
 def write_outcomes(outcomes: pl.DataFrame, path: str | Path) -> Path:
-    """The per-image table as parquet, written to a temporary name and renamed (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    outcomes.write_parquet(tmp)
-    tmp.replace(path)
-    return path
+    """The per-image table as parquet, written whole or not at all (`workloads.files.atomic_write`)."""
+    return atomic_write(path, outcomes.write_parquet)

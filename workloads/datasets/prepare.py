@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from workloads.datasets.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo
 from workloads.datasets.manifest import sha256_file as _sha256
 from workloads.datasets.sources import get_source
 from workloads.datasets.sources.base import Source
-from workloads.datasets.tario import write_tar
+from workloads.datasets.tario import sample_crc, write_tar
 from workloads.errors import DataError
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -92,7 +91,7 @@ class _SplitWriter:
         self.encoding = self.encoding or image_ext
         lab_ext, lab = encode_label(label, self.kind)
         self._members += [(f"{key}.{image_ext}", image), (f"{key}.{lab_ext}", lab)]
-        self._crcs.append(f"{key} {zlib.crc32(lab, zlib.crc32(image)):08x}")
+        self._crcs.append(f"{key} {sample_crc([image, lab])}")
         for lab_i in labels:
             self._counts[str(lab_i)] = self._counts.get(str(lab_i), 0) + 1
             self.split_counts[str(lab_i)] = self.split_counts.get(str(lab_i), 0) + 1

@@ -30,7 +30,7 @@ from PIL import Image
 
 from workloads.datasets.codec import IMAGE_EXTS, LABEL_MEMBERS, decode_image, decode_label, label_member
 from workloads.datasets.manifest import Manifest, ShardInfo, load_manifest
-from workloads.datasets.tario import iter_tar, key_of, samples
+from workloads.datasets.tario import iter_tar, sample_crc, samples
 from workloads.errors import DataError
 
 CACHE_LIMIT_BYTES = 2 << 30
@@ -201,16 +201,13 @@ class ShardReader:
             expected = dict(line.split(" ", 1) for line in text.splitlines() if line.strip())
         except Exception:
             expected = None
-        crcs: dict[str, int] = {}
         try:
-            for member, payload in iter_tar(data, where):
-                k = key_of(member)
-                crcs[k] = zlib.crc32(payload, crcs.get(k, 0))
+            crcs = {k: sample_crc(fields.values()) for k, fields in samples(iter_tar(data, where))}
         except DataError as exc:
             return f"{head}: {exc}"
         if expected:
             for k, crc in crcs.items():
-                if expected.get(k) != f"{crc:08x}":
+                if expected.get(k) != crc:
                     return f"{head}: sample {k!r} was altered"
             missing = sorted(set(expected) - set(crcs))
             if missing:

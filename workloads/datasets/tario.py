@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -121,3 +122,11 @@ def samples(members: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, dict[st
         fields[ext] = payload
     if key is not None:
         yield key, fields
+
+
+def sample_crc(payloads: Iterable[bytes]) -> str:
+    """The CRC-32 of a sample's members in tar order, as the `.idx` files beside the shards hold it (8 hex digits)."""
+    crc = 0
+    for payload in payloads:
+        crc = zlib.crc32(payload, crc)
+    return f"{crc:08x}"

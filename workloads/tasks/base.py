@@ -22,6 +22,8 @@ class Task:
     attack_metric: ClassVar[str]
     # the task's options in a DAG (`tasks: {NAME: {...}}`) or a stage config (`task: {name: NAME, ...}`)
     Options: ClassVar[type[Section]] = Section
+    # Options plus `name`: the `task` section of a stage config (made by `register_task`)
+    Config: ClassVar[type[Section]]
 
     def __init__(self, num_classes: int, label_kind: str = "single", **options: Any) -> None:
         self.num_classes = num_classes

@@ -13,6 +13,12 @@ TASKS: Registry[type] = Registry("task", "tasks")
 
 
 def register_task(cls: type) -> type:
+    """Register `cls` under its `name`, and give it `Config`: its Options plus `name`, the `task` section of a stage
+    config. `Config` is an attribute of the class, so its instances pickle by reference (to Ray's workers)."""
+    config = create_model(f"{cls.__name__}Config", __base__=cls.Options, __module__=cls.__module__,
+                          name=(Literal[cls.name], ...))
+    config.__qualname__ = f"{cls.__qualname__}.Config"
+    cls.Config = config
     return TASKS.add(cls.name, cls)
 
 
@@ -22,6 +28,5 @@ get_task = TASKS.get
 
 def task_config_type() -> object:
     """The `task` section of a stage config, `{name: NAME, ...its options}`, for every registered task."""
-    members = tuple(create_model(f"{get_task(n).__name__}Config", __base__=get_task(n).Options,
-                                 name=(Literal[n], ...)) for n in TASKS.in_order())
+    members = tuple(get_task(n).Config for n in TASKS.in_order())
     return Annotated[Union[members], Field(discriminator="name"), Kind("task", "tasks")]  # noqa: UP007

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from workloads.datasets.codec import decode_label
 from workloads.datasets.manifest import Manifest, ShardInfo, SplitInfo
 from workloads.datasets.sources.base import Source
 from workloads.datasets.sources.registry import register_source
-from workloads.datasets.tario import iter_tar, samples
+from workloads.datasets.tario import iter_tar, sample_crc, samples
 from workloads.errors import DataError
 from workloads.settings import Section
 
@@ -158,10 +157,7 @@ class WebDatasetShards(Source):
                         shard_counts[str(lab)] = shard_counts.get(str(lab), 0) + 1
                     sizes.add(_image_size(fields[image], where))
                     encoding = encoding or image
-                    crc = 0
-                    for payload in fields.values():
-                        crc = zlib.crc32(payload, crc)
-                    crcs.append(f"{key} {crc:08x}")
+                    crcs.append(f"{key} {sample_crc(fields.values())}")
                     keys.append(key)
                 if not keys:
                     raise DataError(f"shard {url} (split {split!r}) holds no sample")
