@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -c "from rules.kernels import status; print(status())"
 	@touch $(STAMP)
 
+# ruff, and the layering contracts of pyproject.toml ([tool.importlinter]: harness -> workloads -> rules, and
+# harness/'s rooms, each importing only those below it)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # dags/schema.json, the JSON Schema editors check DAG files against, from the settings the code declares
 schema: install

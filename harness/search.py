@@ -14,7 +14,6 @@ of each rule, with `epochs` = the epoch where it peaked, is logged to MLflow and
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +23,17 @@ from typing import Annotated
 import yaml
 from pydantic import Field
 
-from harness.dag import Dag
-from harness.plan import Node, build_plan, digest
-from harness.raytune import init_ray, run_trials
-from harness.store import ArtifactStore, atomic_write_text
-from harness.tracking import Tracker, default_uri
+from harness.config import plugins
+from harness.execution.orchestrator import run_level
+from harness.execution.raytune import init_ray, run_trials
+from harness.execution.store import ArtifactStore
+from harness.execution.tracking import Tracker, default_uri
+from harness.planning.dag import Dag
+from harness.planning.plan import build_plan
+from harness.stages import MODEL, Node, digest
+from workloads.config import StageConfig
 from workloads.errors import ConfigError, TrialError
+from workloads.files import atomic_write_text
 from workloads.settings import Count, Section
 
 SEARCHED = ("lr_backbone", "lr_head", "weight_decay")
@@ -115,19 +119,21 @@ def _cell(dag: Dag, nodes: list[Node], s: SearchSettings) -> tuple[dict, dict[st
     return want, {r: fts[r] for r in rules}, pre
 
 
-def _trainable(config: dict, bases: dict, pretrained: str | None, validation: float, threads: int) -> None:
+def _trainable(config: dict, bases: dict[str, StageConfig], pretrained: str | None, validation: float,
+               plugin_names: list[str], threads: int) -> None:
     """One trial: fine-tune with the drawn values, report the validation score after every epoch."""
     import torch
     from ray import tune
 
-    from harness.runtime import tune_allocator
+    from harness.execution.allocator import keep_freed_memory
     from workloads.errors import DivergenceError
     from workloads.train import finetune_model
 
-    tune_allocator()
+    keep_freed_memory()
     torch.set_num_threads(threads)
-    cfg = copy.deepcopy(bases[config["rule"]])
-    cfg["finetune"].update(resolved(config, bases))
+    plugins.load_plugins(plugin_names)
+    base = bases[config["rule"]]
+    cfg = base.model_copy(update={"finetune": base.finetune.model_copy(update=resolved(config, bases))})
 
     def on_epoch(epoch: int, row: dict) -> None:
         score = next(v for k, v in row.items() if k.startswith("val_"))
@@ -142,7 +148,7 @@ def _trainable(config: dict, bases: dict, pretrained: str | None, validation: fl
 
 def resolved(config: dict, bases: dict) -> dict:
     """A trial's fine-tuning values: the drawn ones, the DAG's for the rest (a baseline trial draws nothing)."""
-    base = bases[config["rule"]]["finetune"]
+    base = bases[config["rule"]].finetune.model_dump()
     return {k: config.get(k, base[k]) for k in (*SEARCHED, "epochs")}
 
 
@@ -248,7 +254,6 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from harness.orchestrator import run_level
     from workloads.tasks import get_task
 
     t0 = time.perf_counter()
@@ -258,12 +263,12 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
     nodes = build_plan(dag)
     cell, fts, pre = _cell(dag, nodes, settings)
     rules = list(fts)
-    dag_epochs = {r: n.config["finetune"]["epochs"] for r, n in fts.items()}
+    dag_epochs = {r: n.config.finetune.epochs for r, n in fts.items()}
     max_epochs = settings.max_epochs if settings.max_epochs is not None else 2 * max(dag_epochs.values())
     metric = get_task(cell["task"]).metric
     uri = tracking_uri or default_uri(out)
     tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
-    init_ray(address, log)
+    init_ray(address, log, plugins.loaded())
 
     if pre is not None and not store.done("pretrain", pre.key):
         log(f"[search] pretraining first: {pre.label}")
@@ -271,8 +276,10 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
         if errors:
             raise TrialError(f"pretraining failed: {errors[pre.key]}")
     constants = {"bases": {r: n.config for r, n in fts.items()}, "validation": settings.validation,
-                 "pretrained": str(store.model_path("pretrain", pre.key)) if pre is not None else None}
-    tag = digest({"cell": cell, "rules": rules, "settings": settings.model_dump(), "bases": constants["bases"]})
+                 "pretrained": str(store.node_dir("pretrain", pre.key) / MODEL) if pre is not None else None,
+                 "plugin_names": plugins.loaded()}
+    tag = digest({"cell": cell, "rules": rules, "settings": settings.model_dump(),
+                  "bases": {r: n.config.model_dump() for r, n in fts.items()}})
     runs: dict[str, Trial] = {}
     tracker.start_parent(f"search {time.strftime('%Y-%m-%d %H:%M:%S')}",
                          {**cell, "rules": rules, "samples": settings.samples, "max_epochs": max_epochs,
@@ -285,7 +292,8 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
                 log, total=len(rules), seed=cell["seed"])
         for rule in rules:
             log(f"[search] {rule}: {settings.samples} settings, up to {max_epochs} epochs, ASHA")
-            space = {"rule": rule, **search_space(constants["bases"][rule]["finetune"], settings.spread, max_epochs)}
+            space = {"rule": rule, **search_space(fts[rule].config.finetune.model_dump(), settings.spread,
+                                                  max_epochs)}
             asha = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
                                  reduction_factor=2)
             _search(f"search-{rule}-{tag}", space, "search", runs, dag, out, constants, log, total=settings.samples,

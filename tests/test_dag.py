@@ -8,8 +8,8 @@ import pytest
 import yaml
 from datagen import write_fmnist
 
-from harness.dag import load_dag
-from harness.plan import build_plan
+from harness.planning.dag import load_dag
+from harness.planning.plan import build_plan
 from workloads.datasets import prepare
 from workloads.errors import ConfigError, DataError
 
@@ -42,7 +42,7 @@ def test_shipped_dags_validate(dag):
 
 
 def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
-    from harness.cost import dataset_sizes, estimate
+    from harness.planning.cost import dataset_sizes, estimate
 
     dag = load_dag(ROOT / "dags" / "paper-classification.yaml",
                    [f"datasets.{d}.root={tmp_path / d}" for d in ("cifar10", "imagenet")])
@@ -50,7 +50,7 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     count = {s: sum(n.stage == s for n in nodes) for s in ("pretrain", "finetune", "evaluate", "attack")}
     # ImageNet weights: no pretraining; 3 backbones x 2 datasets x 4 rules fine-tunings; (3 + 3 + 1 + 1) attacks each
     assert count == {"pretrain": 0, "finetune": 24, "evaluate": 24, "attack": 24 * 8}
-    epochs = {n.axes["dataset"]: n.config["finetune"]["epochs"] for n in nodes if n.stage == "finetune"}
+    epochs = {n.axes["dataset"]: n.config.finetune.epochs for n in nodes if n.stage == "finetune"}
     assert epochs == {"cifar10": 20, "imagenet": 10}  # the per-dataset override of the paper's protocol
     sizes, sides = dataset_sizes(dag.config, dag.path)
     cost = estimate(nodes, sizes, sides, 1e14)
@@ -80,7 +80,7 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     ({"attacks": [{"name": "pgd", "eps": [0.1], "params": {"step": 3}}]},
      "attacks[0].params.step: unknown key; allowed: steps, alpha_factor, random_start (did you mean 'steps'?)"),
     ({"rules": ["frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "sources": ["transfer"]}]},
-     "'transfer' crafts on the BP-fine-tuned sibling: add bp to rules"),
+     "'transfer' crafts on the sibling fine-tuned with the baseline rule (bp): add bp to rules"),
     ({"experiment": "a/b"}, "experiment: required: a name of letters"),
     ({"colour": "red"}, "colour: unknown key; allowed: "),
     ({"datasets": {"fm": {"root": "x", "source_classes": [0, 1], "target_classes": [1, 2]}}},
@@ -213,7 +213,7 @@ def test_stage_configs_are_checked_by_the_same_sections(change, message):
 def test_the_committed_json_schema_is_current_and_describes_every_section():
     import json
 
-    from harness.dag import json_schema
+    from harness.planning.dag import json_schema
 
     committed = (ROOT / "dags" / "schema.json").read_text()
     assert committed == json_schema(), "dags/schema.json is stale: run `harness schema` and commit it"
@@ -230,7 +230,7 @@ def test_the_committed_json_schema_is_current_and_describes_every_section():
 def test_a_dataset_sets_its_own_task_options_and_only_for_tasks_the_dag_trains(tmp_path):
     dag = load_dag(ROOT / "dags" / "paper-retrieval.yaml",
                    [f"datasets.{d}.root={tmp_path / d}" for d in ("cifar10", "nuswide21", "coco", "imagenet100")])
-    topk = {n.axes["dataset"]: n.config["task"]["topk"] for n in build_plan(dag, require_data=False)
+    topk = {n.axes["dataset"]: n.config.task.topk for n in build_plan(dag, require_data=False)
             if n.stage == "finetune"}
     assert topk == {"cifar10": None, "nuswide21": 5000, "coco": 5000, "imagenet100": 1000}  # the field's mAP@k
     spec = {"experiment": "t", "tasks": {"classification": {}},

@@ -134,11 +134,11 @@ def test_a_killed_worker_is_retried_and_a_diverging_trial_fails_alone(data, tmp_
     # a learning rate of 1e30 (a DAG may say so: no upper bound on rates is principled) reaches NaN in one step
     script = f"""
 import sys
-from harness.dag import load_dag
-from harness.orchestrator import run_dag
+from harness.planning.dag import load_dag
+from harness.execution.orchestrator import run_dag
 dag = load_dag({str(SMOKE)!r}, ["datasets.fashion-mnist.root={data}",
                 "finetune_by_cell={{'*/*/hashing/bp': {{lr_backbone: 1.0e+30, lr_head: 1.0e+30}}}}"])
-summary = run_dag(dag, out_dir={str(tmp_path / 'out')!r}, results_dir={str(tmp_path / 'results')!r})
+summary = run_dag(dag, out_dir={str(tmp_path / 'out')!r})
 print("SUMMARY", {{"failed": [v[0] for v in summary.failed.values()], "skipped": len(summary.skipped),
                   "ran": summary.ran}}, file=sys.stderr, flush=True)
 sys.exit(0 if summary.ok else 1)

@@ -12,11 +12,12 @@ import torch
 from datagen import write_fmnist
 from smokerun import harness
 
-from harness.plan import Node
-from harness.stages import run_node
-from harness.store import ArtifactStore
-from harness.tracking import Tracker
+from harness.execution.runner import run_node
+from harness.execution.store import ArtifactStore
+from harness.execution.tracking import Tracker
+from harness.stages import MODEL, Node
 from workloads.checkpoint import save_checkpoint
+from workloads.config import stage_config
 from workloads.datasets import prepare
 from workloads.errors import CheckpointWriteError, ServiceError, StorageError
 
@@ -42,7 +43,7 @@ def test_an_unreachable_mlflow_server_is_a_clear_error_before_mlflows_retrying_c
 def test_an_unreachable_ray_address_is_a_clear_error_before_ray_init(monkeypatch):
     import ray
 
-    from harness.raytune import init_ray
+    from harness.execution.raytune import init_ray
 
     calls = []  # ray.init waits on an address where nothing listens for as long as one lets it: it must not start
     monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append(a) or 1 / 0)
@@ -80,7 +81,7 @@ def test_a_stage_that_cannot_write_its_artifact_is_not_taken_as_finished(tmp_pat
               "data": {"root": str(tmp_path / "fm"), "source_classes": [0, 1, 2, 3, 4], "pad": 2, "train_limit": 8,
                        "test_limit": 8},
               "pretrain": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0}}
-    node = Node("pretrain", "k1", "pretrain", {}, config).to_dict()
+    node = Node("pretrain", "k1", "pretrain", {}, stage_config(config))
     store = ArtifactStore(tmp_path / "store")
     with _FileSizeLimit(4 << 20), pytest.raises(CheckpointWriteError):  # ResNet-18 needs ~45 MB
         run_node(node, store)
@@ -89,7 +90,7 @@ def test_a_stage_that_cannot_write_its_artifact_is_not_taken_as_finished(tmp_pat
     assert left == [], left
     record = run_node(node, store)  # room again: the same node now finishes
     assert store.done("pretrain", "k1") and store.result("pretrain", "k1") == json.loads(json.dumps(record))
-    assert store.model_path("pretrain", "k1").stat().st_size > 40 << 20  # the whole ResNet-18, this time
+    assert (store.node_dir("pretrain", "k1") / MODEL).stat().st_size > 40 << 20  # the whole ResNet-18, this time
 
 
 def test_an_artifact_store_that_cannot_be_a_folder_fails_before_compute(tmp_path):
@@ -123,7 +124,7 @@ def test_run_refuses_bad_places_and_absent_servers_before_compute(tmp_path):
 
 
 def test_the_local_ray_token_is_created_readable_by_its_owner_only(tmp_path, monkeypatch):
-    from harness.raytune import _private_token
+    from harness.execution.raytune import _private_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
@@ -140,7 +141,7 @@ def test_the_local_ray_token_is_created_readable_by_its_owner_only(tmp_path, mon
 def test_a_failed_node_keeps_the_traceback_of_a_bug_and_one_line_for_bad_input(tmp_path, monkeypatch):
     import ray.tune
 
-    from harness.orchestrator import _failed
+    from harness.execution.orchestrator import _failed
     from workloads.errors import DataError
 
     reported = []
@@ -151,7 +152,7 @@ def test_a_failed_node_keeps_the_traceback_of_a_bug_and_one_line_for_bad_input(t
         try:
             raise exc
         except Exception as raised:  # noqa: BLE001
-            _failed(store, {"stage": "attack", "key": key}, raised)
+            _failed(store, "attack", key, raised)
         return store.failure("attack", key)
 
     bug = failed_with(ZeroDivisionError("division by zero"), "k1")

@@ -115,7 +115,7 @@ def test_the_local_ray_instance_listens_on_loopback_only(tmp_path):
 import json, os
 import psutil
 import ray
-from harness.orchestrator import init_ray
+from harness.execution.raytune import init_ray
 init_ray(None, lambda m: None)
 tree = [psutil.Process()] + psutil.Process().children(recursive=True)
 pids = {p.pid for p in tree}

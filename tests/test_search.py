@@ -13,8 +13,8 @@ import pytest
 import yaml
 from datagen import idx_bytes, write_fmnist
 
-from harness.dag import load_dag
-from harness.plan import build_plan
+from harness.planning.dag import load_dag
+from harness.planning.plan import build_plan
 from harness.search import SEARCHED, Trial, choose
 from workloads.datasets import ShardReader, prepare
 from workloads.datasets.sources.fashion_mnist import FashionMNIST, read_idx
@@ -89,10 +89,10 @@ def test_finetune_by_cell_sets_only_the_matching_cells(tmp_path, shards):
                                  "*/*/*/frsf": {"lr_head": 1e-3, "weight_decay": 0.0}}}
     tuned = {n.label: n for n in build_plan(_dag(tmp_path, shards, over))}
     cls = "finetune fashion-mnist/resnet18/classification/frsf/s0"
-    assert tuned[cls].config["finetune"] == {**plain[cls].config["finetune"], "lr_head": 3e-4, "epochs": 3,
-                                             "weight_decay": 0.0}  # the specific pattern wins over '*'
+    assert tuned[cls].config.finetune.model_dump() == {**plain[cls].config.finetune.model_dump(), "lr_head": 3e-4,
+                                                        "epochs": 3, "weight_decay": 0.0}  # the specific pattern wins over '*'
     hashing = "finetune fashion-mnist/resnet18/hashing/frsf/s0"
-    assert tuned[hashing].config["finetune"]["lr_head"] == 1e-3
+    assert tuned[hashing].config.finetune.lr_head == 1e-3
     changed = {label for label, n in tuned.items() if n.key != plain[label].key}
     assert {cls, hashing} <= changed
     assert not any("/bp/" in label and "finetune" in label for label in changed)  # bp's cache is untouched
@@ -172,8 +172,9 @@ def test_search_on_the_smoke_dag_matches_or_beats_the_default_and_logs_the_best(
     for node in build_plan(dag):
         cell = f"fashion-mnist/resnet18/{node.axes.get('task')}/{node.axes.get('rule')}"
         if node.stage == "finetune" and cell in cells:
-            assert node.config["finetune"] == {**node.config["finetune"], **cells[cell]}
-            assert str(node.config["finetune"]["epochs"]) == p[f"best.{node.axes['rule']}.epochs"]
+            tuned = node.config.finetune.model_dump()
+            assert tuned == {**tuned, **cells[cell]}
+            assert str(tuned["epochs"]) == p[f"best.{node.axes['rule']}.epochs"]
 
 
 @pytest.mark.slow

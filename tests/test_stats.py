@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-from harness import stats
+from harness.analysis import stats
 
 B = np.array([True] * 6 + [False] * 4)
 A = np.array([True] * 9 + [False])  # 3 images robust under A only, none under B only

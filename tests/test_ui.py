@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from harness.cli import main
-from harness.tracking import Tracker
+from harness.execution.tracking import Tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -6,28 +6,22 @@ import numpy as np
 import polars as pl
 import pytest
 
-from harness import stats
-from harness.verdicts import (
+from harness.analysis import stats
+from harness.analysis.checks import Check, blackbox_strength
+from harness.analysis.outcomes import Estimate, MeanEstimate, at_budget, retrieval_worst_case, worst_case
+from harness.analysis.verdicts import (
     BEYOND,
     INCONCLUSIVE,
     INVALID,
     NO_GAIN,
     NOT_CONVERGED,
     OBFUSCATION,
-    RERUN,
     Cell,
-    Check,
-    Estimate,
-    MeanEstimate,
-    VerdictSettings,
     assess,
-    at_budget,
-    blackbox_strength,
     decide,
-    retrieval_worst_case,
-    survivors,
-    worst_case,
 )
+from harness.config.verdicts import VerdictSettings
+from harness.stages.converge import RERUN, survivors
 
 FAMILIES = {"fgsm": "gradient", "pgd": "gradient", "apgd": "gradient", "hsja": "decision", "boundary": "decision"}
 SINGLE = {"fgsm"}
@@ -301,7 +295,7 @@ def test_a_failed_sanity_check_makes_a_retrieval_cell_invalid(broken, rule_attac
 
 
 def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
-    from harness.report import verdict_report
+    from harness.analysis.verdicts import verdict_report
 
     obfuscated = {("pgd", "rule"): {0: 1.0, 0.1: 0.55}, ("pgd", "exact"): {0: 1.0, 0.1: 0.0}}
     classification = pl.concat([table("frsf", obfuscated), table("bp", BP)])
@@ -463,7 +457,7 @@ def test_a_retrieval_cells_line_and_checks_read_in_map():
 
 
 def test_a_verdict_about_the_rule_needs_three_seeds_and_says_whether_they_agree():
-    from harness.report import _rule_lines
+    from harness.analysis.verdicts import rule_lines
 
     def seed(s: int, own: float, exact: float) -> Cell:
         attacks = {("pgd", "rule"): {0: 1.0, 0.1: own}, ("pgd", "exact"): {0: 1.0, 0.1: exact}}
@@ -472,10 +466,10 @@ def test_a_verdict_about_the_rule_needs_three_seeds_and_says_whether_they_agree(
         return assess(outcomes, {**model, "rule": "frsf"}, {**model, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)
 
     agree = decide([seed(0, 0.5, 0.0), seed(1, 0.6, 0.0), seed(2, 0.7, 0.0)], SETTINGS)
-    assert _rule_lines(agree) == [
+    assert rule_lines(agree) == [
         "**frsf** (d/b/classification, the rule over 3 seeds): gradient obfuscation; worst case 0.0% mean, "
         "t-interval [0.0%, 0.0%]; its own gradient says 60.0% mean, t-interval [35.2%, 84.8%]."]
-    assert _rule_lines(agree[:2]) == []  # two seeds say something about these models only
+    assert rule_lines(agree[:2]) == []  # two seeds say something about these models only
     mixed = decide([seed(0, 0.5, 0.0), seed(1, 0.6, 0.6), seed(2, 0.7, 0.0)], SETTINGS)
-    assert _rule_lines(mixed)[0].startswith("**frsf** (d/b/classification, the rule over 3 seeds): mixed across "
+    assert rule_lines(mixed)[0].startswith("**frsf** (d/b/classification, the rule over 3 seeds): mixed across "
                                             "seeds (gradient obfuscation, robust beyond bp); worst case 20.0% mean")

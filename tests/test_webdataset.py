@@ -146,10 +146,10 @@ def test_label_members_old_and_new():
 @pytest.mark.slow
 def test_a_tiny_dag_runs_on_shards_indexed_in_place(tmp_path):
     """The plan's nodes, run one after another without Ray (each as a Tune trial would run it)."""
-    from harness.dag import load_dag
-    from harness.plan import build_plan
-    from harness.stages import run_node
-    from harness.store import ArtifactStore
+    from harness.execution.runner import run_node
+    from harness.execution.store import ArtifactStore
+    from harness.planning.dag import load_dag
+    from harness.planning.plan import build_plan
 
     write_standard(tmp_path / "src", "jpg", "cls", {"train": 60, "test": 20}, per_shard=30)
     prepare("webdataset", tmp_path / "wds", src=f"train={tmp_path}/src/train-{{000000..000001}}.tar,"
@@ -160,10 +160,12 @@ def test_a_tiny_dag_runs_on_shards_indexed_in_place(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     nodes = build_plan(dag)
     for node in nodes:
-        run_node(node.to_dict(), store)
+        run_node(node, store)
     assert all(store.done(n.stage, n.key) for n in nodes) and len(nodes) == 1 + 2 + 2 + 4
     import polars as pl
 
+    from harness.stages.attack import OUTCOMES
+
     attack = next(n for n in nodes if n.stage == "attack")
-    outcomes = pl.read_parquet(store.outcomes_path(attack.key))
+    outcomes = pl.read_parquet(store.node_dir("attack", attack.key) / OUTCOMES)
     assert outcomes.height == 8 * 2 and sorted(outcomes["image"].unique().to_list()) == list(range(8))

@@ -14,15 +14,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 import torchattacks
+from pydantic import Field
 
 import rules
+from harness.bench import Bench, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
 from workloads.checkpoint import Loaded
+from workloads.settings import Section
 from workloads.tasks import get_task
 
 
@@ -60,9 +64,30 @@ def _input_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -
     return step
 
 
-def run(rule_names: list[str], backbone: str = "resnet18", image_size: int = 32, batch_size: int = 64,
-        batches: int = 2, steps: int = 5, eps: float = 0.05, rounds: int = 10, device: str = "cpu", seed: int = 0,
-        log: Callable[[str], None] = print) -> dict:
+class Settings(Section):
+    backbone: str = "resnet18"
+    image_size: Annotated[int, Field(ge=1)] = 32
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    batches: Annotated[int, Field(ge=1)] = 2
+    """Batches per PGD run."""
+    steps: Annotated[int, Field(ge=1)] = 5
+    """PGD steps."""
+    eps: float = 0.05
+    rules: list[str] | None = None
+    """Comma list (default: every registered rule)."""
+    rounds: Annotated[int, Field(ge=1)] = 10
+    """Interleaved timing rounds."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    seed: int = 0
+    out: str = "results/bench/attacks.json"
+    """JSON output."""
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict:
+    rule_names, backbone, image_size, batch_size, batches = (chosen_rules(s.rules), s.backbone, s.image_size,
+                                                             s.batch_size, s.batches)
+    steps, eps, rounds, device, seed = s.steps, s.eps, s.rounds, s.device, s.seed
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     data = [(torch.rand(batch_size, 3, image_size, image_size, generator=gen).to(dev),
@@ -106,3 +131,11 @@ def format_table(r: dict) -> str:
     lines += [f"{x['rule']:<6} {x['harness_overhead']:>14.3f} {x['pgd_images_per_s_harness']:>10.1f}"
               f" {x['rule_vs_exact_input_grad']:>16.3f} {x['input_grad_ms_rule']:>8.1f}" for x in r["rows"]]
     return "\n".join(lines)
+
+
+BENCH = Bench(
+    "attacks", "PGD through the harness vs torchattacks directly; a rule's input gradient vs the exact one",
+    "For each rule, on one rule-attached model: PGD over the same batches through workloads.attacks.attack and "
+    "through a direct torchattacks loop (ratio = harness overhead), and the input-gradient step through the rule's "
+    "backward vs handle.exact() (the cost of the 'rule' gradient source). Interleaved in one process; runs without "
+    "Ray; works on CUDA.", Settings, run, format_table)

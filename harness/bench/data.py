@@ -12,13 +12,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from pydantic import Field
 
+from harness.bench import Bench
 from workloads.datasets import ShardReader, load_manifest
+from workloads.settings import Section
 
 
 def _epoch_rate(batches: Callable[[], object]) -> tuple[float, int]:
@@ -81,8 +85,25 @@ def standard_jpg_copy(folder: str | Path, split: str, out: Path, per_shard: int 
     return out / "prepared"
 
 
-def run(folder: str | Path, split: str = "train", batch_size: int = 256, pad: int = 2, epochs: int = 3,
-        standard_jpg: bool = False, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+class Settings(Section):
+    folder: str = "data/fashion-mnist"
+    """Prepared shards."""
+    split: str = "train"
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    pad: Annotated[int, Field(ge=0)] = 2
+    """Zero padding per side (2: 28 -> 32)."""
+    epochs: Annotated[int, Field(ge=1)] = 3
+    standard_jpg: bool = False
+    """Also read the split as standard WebDataset shards (webdataset.ShardWriter, jpg + cls, indexed in place),
+    epoch by epoch next to the harness's own."""
+    seed: int = 0
+    out: str = "results/bench/data.json"
+    """JSON output."""
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict:
+    folder, split, batch_size, pad, epochs = s.folder, s.split, s.batch_size, s.pad, s.epochs
+    standard_jpg, seed = s.standard_jpg, s.seed
     manifest = load_manifest(folder)
     rows: dict = {}
     readers = {"harness": ShardReader(folder, split, batch_size=batch_size, shuffle=True, seed=seed, pad=pad,
@@ -145,3 +166,10 @@ def format_table(r: dict) -> str:
         f"  streamed / training: {r['streamed_vs_train']:.1f}x   cached / training: {r['cached_vs_train']:.1f}x   "
         f"cached / in-memory baseline: {r['cached_vs_memory_baseline']:.2f}x",
     ])
+
+
+BENCH = Bench(
+    "data", "shard reader images/s vs an in-memory tensor and vs ResNet-18 training",
+    "Reads a prepared split streamed (decoding every epoch) and cached (decoded once), times the same batches from "
+    "an in-memory uint8 tensor, and measures ResNet-18 training images/s at the same size.", Settings, run,
+    format_table, positional=("folder",))

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 import rules
+from harness.bench import Bench, chosen_rules
 from harness.bench.rules import Case, _device_name, bench_case
 from harness.bench.timing import interleaved_medians, paired_ratio
+from workloads.settings import Section
 
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing measured, nothing written"
 
@@ -57,11 +61,30 @@ def _attack_runs(kind: str, rule_names: list[str], device: torch.device, image_s
     return runs
 
 
-def run(rule_names: list[str], rounds: int = 10, device: str = "cuda", image_size: int = 224,
-        batch_size: int = 128, attack_batch: int = 64, steps: int = 10, seed: int = 0,
-        log: Callable[[str], None] = print) -> dict | None:
+class Settings(Section):
+    image_size: Annotated[int, Field(ge=1)] = 224
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    """Training and input-gradient steps (the paper's)."""
+    attack_batch: Annotated[int, Field(ge=1)] = 64
+    """Images per attack run."""
+    steps: Annotated[int, Field(ge=1)] = 10
+    """PGD and SDHA steps."""
+    rules: list[str] | None = None
+    """Comma list (default: every registered rule)."""
+    rounds: Annotated[int, Field(ge=1)] = 10
+    """Interleaved timing rounds."""
+    device: str = "cuda"
+    """cuda, cuda:1, ... (cpu runs the same code at toy sizes, as the tests do)."""
+    seed: int = 0
+    out: str = "results/bench/gpu.md"
+    """Markdown output (the JSON goes beside it)."""
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict | None:
     """The measurements, or None when `device` is CUDA and there is none. `device` cpu and small sizes run the
     same code on a CPU (the tests do; the figures mean nothing there)."""
+    rule_names, rounds, device, image_size = chosen_rules(s.rules), s.rounds, s.device, s.image_size
+    batch_size, attack_batch, steps, seed = s.batch_size, s.attack_batch, s.steps, s.seed
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         return None  # format_table says so
@@ -109,3 +132,10 @@ def write_markdown(result: dict, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(format_table(result) + "\n")
     return p
+
+
+BENCH = Bench(
+    "gpu", "the accelerator check (make gpu-check): rules, a 224 px fine-tuning step, PGD and SDHA vs bp",
+    "On CUDA: the rules benchmark on ResNet-18 224 px in float32 and in bf16 autocast with channels-last, and PGD "
+    "and SDHA images/s through the harness per rule, each as a ratio to bp in the same process; writes a markdown "
+    "table (and its JSON). Without CUDA: one line saying so, exit 0.", Settings, run, format_table, write_markdown)

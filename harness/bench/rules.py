@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from pydantic import Field
 from torch import nn
 
 import rules
+from harness.bench import Bench, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from rules.streams import UniformStream
+from workloads.settings import Section
 
 # Sizes that finish on a 2-core CPU; the GPU preset is the paper's (224 px, batch 128). ResNet-18 at batch 256 is
 # the step size the README's cost targets are stated for (results/bench/NOTES.md). Smaller steps show more of the
@@ -169,17 +171,30 @@ def _progress(log: Callable[[str], None], label: str, what: str) -> Callable[[in
     return report
 
 
-def run(
-    backbones: list[str],
-    rule_names: list[str],
-    device: str = "cpu",
-    rounds: int = 20,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] = print,
-    control: bool = False,
-) -> dict:
+class Settings(Section):
+    backbones: list[str] = ["resnet18"]
+    """Comma list: resnet18, alexnet, vgg16, any torchvision classification model."""
+    rules: list[str] | None = None
+    """Comma list (default: every registered rule)."""
+    image_size: Annotated[int | None, Field(ge=1)] = None
+    """Override the per-backbone image size."""
+    batch_size: Annotated[int | None, Field(ge=1)] = None
+    """Override the per-backbone batch size."""
+    seed: int = 0
+    control: bool = False
+    """Also time a control that only overwrites a weight-sized B at every pass (no random numbers, no read of W):
+    the least brsf, which redraws B every pass, can cost here."""
+    rounds: Annotated[int, Field(ge=1)] = 30
+    """Interleaved timing rounds."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    out: str = "results/bench/rules.json"
+    """JSON output."""
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict:
+    backbones, rule_names, device, rounds = s.backbones, chosen_rules(s.rules), s.device, s.rounds
+    image_size, batch_size, seed, control = s.image_size, s.batch_size, s.seed, s.control
     dev = torch.device(device)
     shapes = GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES
     rows: list[dict] = []
@@ -218,8 +233,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(result, indent=2) + "\n")
-    return p
+BENCH = Bench(
+    "rules", "training-step and input-gradient cost of each learning rule vs plain PyTorch BP",
+    "Times one training step (forward, backward, Adam) and one input-gradient step (an attack's d loss/d input with "
+    "parameters requiring grad) for each rule, interleaved with a plain-autograd twin of the same model, and prints "
+    "the ratios of medians. Runs without Ray; works on CUDA.", Settings, run, format_table)

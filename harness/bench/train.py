@@ -10,16 +10,19 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 import rules
+from harness.bench import Bench, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
 from workloads.config import stage_config
 from workloads.datasets import load_manifest
 from workloads.inputs import make_reader
-from workloads.settings import resolve_device
+from workloads.settings import Section, resolve_device
 from workloads.tasks import get_task
 from workloads.train import train_step
 
@@ -32,9 +35,30 @@ def _cycle(reader) -> Iterator:
         epoch += 1
 
 
-def run(folder: str, rule_names: list[str], backbone: str = "resnet18", classes: list[int] | None = None,
-        pad: int = 2, batch_size: int = 256, steps_per_round: int = 3, rounds: int = 15, device: str = "cpu",
-        seed: int = 0, log: Callable[[str], None] = print) -> dict:
+class Settings(Section):
+    folder: str = "data/fashion-mnist"
+    """Prepared shards."""
+    backbone: str = "resnet18"
+    classes: list[int] | None = [5, 6, 7, 8, 9]
+    """Target classes (the embedded default's fine-tuning split)."""
+    pad: Annotated[int, Field(ge=0)] = 2
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    """The ResNet-18 step size `bench rules` uses on a CPU."""
+    steps_per_round: Annotated[int, Field(ge=1)] = 3
+    rules: list[str] | None = None
+    """Comma list (default: every registered rule)."""
+    rounds: Annotated[int, Field(ge=1)] = 15
+    """Interleaved timing rounds."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    seed: int = 0
+    out: str = "results/bench/train.json"
+    """JSON output (`harness plan` estimates hours from it)."""
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict:
+    folder, rule_names, backbone, classes, pad = s.folder, chosen_rules(s.rules), s.backbone, s.classes, s.pad
+    batch_size, steps_per_round, rounds, device, seed = s.batch_size, s.steps_per_round, s.rounds, s.device, s.seed
     cfg = stage_config({"backbone": backbone, "device": device, "seed": seed,
                         "data": {"root": str(folder), "target_classes": classes, "pad": pad}}, "bench train")
     dev = resolve_device(device)
@@ -74,3 +98,9 @@ def format_table(r: dict) -> str:
              f"{'rule':<6} {'img/s':>8} {'time x BP':>10}"]
     lines += [f"{row['rule']:<6} {row['images_per_s']:>8.0f} {row['ratio_to_bp_time']:>10.3f}" for row in r["rows"]]
     return "\n".join(lines)
+
+
+BENCH = Bench("train", "fine-tuning images/s per rule vs BP inside the real training loop, data loading included",
+              "Times the same number of steps of `workloads.train.train_step` per rule and for plain BP, batches "
+              "fetched from the reader inside the timed region, variants interleaved in a shuffled order.",
+              Settings, run, format_table, positional=("folder",))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field, SerializeAsAny, model_validator
+from pydantic import Field, PrivateAttr, SerializeAsAny, model_validator
 
 from workloads.attacks.base import require_sibling
 from workloads.attacks.registry import get_attack
@@ -45,7 +45,7 @@ class AttackConfig(AttackSample):
     """A registered attack (`harness stage attack --attack` lists them)."""
     source: str | None = None
     """The gradient source of a white-box attack: rule, exact or transfer (query attacks take none)."""
-    eps: list[float]
+    eps: list[float] = [0.0, 0.02, 0.05, 0.1, 0.2]
     """Budgets in the attack's norm, in [0, 1] pixel space."""
     params: SerializeAsAny[Section] = Section()
     """The attack's own parameters (checked by the attack), e.g. {steps: 50}."""
@@ -65,7 +65,8 @@ class AttackConfig(AttackSample):
     def _checked(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("attack"), str):
             spec = get_attack(data["attack"])
-            eps, params = spec.check(None, data.get("source"), data.get("eps") or [], data.get("params"))
+            eps = data.get("eps", cls.model_fields["eps"].default)
+            eps, params = spec.check(None, data.get("source"), eps, data.get("params"))
             data = {**data, "eps": eps, "params": params}
         return data
 
@@ -82,6 +83,12 @@ class ConvergeSettings(Section):
     """Its parameters: stronger than the grid's (APGD-DLR, 100 steps, 2 restarts by default)."""
     batch_size: Count = 250
     """Images per batch."""
+    _parsed: Section = PrivateAttr(default_factory=Section)
+
+    @property
+    def parsed_params(self) -> Section:
+        """`params` as the attack's own model, checked once, here."""
+        return self._parsed
 
     @model_validator(mode="after")
     def _known(self) -> ConvergeSettings:
@@ -92,7 +99,8 @@ class ConvergeSettings(Section):
         if spec.family != "gradient":
             raise Invalid("attack", f"{self.attack!r} is a {spec.family} attack; the re-run needs a white-box "
                           "classification attack with an exact gradient (apgd, pgd)")
-        self.params = spec.parse(self.params, "converge.params").model_dump()
+        self._parsed = spec.parse(self.params, "converge.params")
+        self.params = self._parsed.model_dump()
         return self
 
 

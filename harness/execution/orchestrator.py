@@ -1,9 +1,11 @@
-"""`harness run`: the DAG's stage levels, each one Ray Tune run over the nodes not yet in the artifact store.
+"""`harness run`: the DAG's stages in the order their levels run, each one Ray Tune run over the nodes not yet in
+the artifact store.
 
-pretrain -> finetune -> evaluate -> attack -> converge. A node whose result is in the store is skipped (that is the
-cache and the resume: run the same command again after a crash). A stage that raises is recorded as FAILED (in the
-store and MLflow, with its traceback when it is a bug), the nodes that need it are skipped, every other node still
-runs, and the exit code says so; a trial whose worker died is retried `retries` times by Tune's FailureConfig.
+pretrain -> finetune -> evaluate -> attack -> converge, and any stage a plugin registers. A node whose result is
+in the store is skipped (that is the cache and the resume: run the same command again after a crash). A stage that
+raises is recorded as FAILED (in the store and MLflow, with its traceback when it is a bug), the nodes that need it
+are skipped, every other node still runs, and the exit code says so; a trial whose worker died is retried
+`retries` times by Tune's FailureConfig. The report is the analysis room's (harness/commands/run.py writes it).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.dag import STAGES, Dag
-from harness.plan import Node, build_plan, digest
-from harness.raytune import init_ray, run_trials
-from harness.store import ArtifactStore
-from harness.tracking import Tracker, default_uri
+from harness.config import plugins
+from harness.execution.raytune import init_ray, run_trials
+from harness.execution.store import ArtifactStore
+from harness.execution.tracking import Tracker, default_uri
+from harness.planning.dag import Dag
+from harness.planning.plan import build_plan
+from harness.stages import STAGES, Node, digest, ordered
 from workloads.errors import ConfigError, HarnessError
 
 Log = Callable[[str], None]
@@ -29,12 +33,12 @@ class RunSummary:
     experiment: str
     out_dir: str
     tracking_uri: str
-    ran: dict = field(default_factory=lambda: {s: 0 for s in STAGES})
-    cached: dict = field(default_factory=lambda: {s: 0 for s in STAGES})
+    ran: dict = field(default_factory=lambda: {s.name: 0 for s in ordered()})
+    cached: dict = field(default_factory=lambda: {s.name: 0 for s in ordered()})
     failed: dict = field(default_factory=dict)  # key -> (label, error)
     skipped: dict = field(default_factory=dict)  # key -> label
     seconds: float = 0.0
-    report: dict | None = None
+    parent_run: str | None = None  # the MLflow run of this `harness run`
     results: list = field(default_factory=list)  # every node's result.json, once all finished
 
     @property
@@ -46,29 +50,30 @@ def _log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _trainable(config: dict, nodes: dict, store_root: str, threads: int) -> None:
-    """The Tune trainable: one node per trial, threads capped to the trial's CPUs."""
+def _trainable(config: dict, nodes: dict, store_root: str, plugin_names: list[str], threads: int) -> None:
+    """The Tune trainable: one node per trial, threads capped to the trial's CPUs, the user's plugins imported."""
     import ray
     import torch
     from ray import tune
 
-    from harness.runtime import tune_allocator
-    from harness.stages import run_node
+    from harness.execution.allocator import keep_freed_memory
+    from harness.execution.runner import run_node
 
-    tune_allocator()
+    keep_freed_memory()
     torch.set_num_threads(threads)
+    plugins.load_plugins(plugin_names)
     store = ArtifactStore(store_root)
     node = nodes[config["key"]]
     try:
         record = run_node(node, store, progress=lambda m: tune.report({**m, "final": 0}),
                           where={"ray_node_id": ray.get_runtime_context().get_node_id()})
     except Exception as exc:  # noqa: BLE001  (any error of the stage: recorded, never raised into Tune)
-        _failed(store, node, exc)
+        _failed(store, node.stage, node.key, exc)
         return
     tune.report({"final": 1, "failed": 0, "seconds": record["seconds"]})
 
 
-def _failed(store: ArtifactStore, node: dict, exc: Exception) -> None:
+def _failed(store: ArtifactStore, stage: str, key: str, exc: Exception) -> None:
     """An exception inside a stage is as good as deterministic (bad data, a bug, a diverging loss): a retry cannot
     fix it, so it is recorded and the trial ends. Tune's retries are kept for what a retry can fix: a worker or a
     node that died. A user error is its one line; anything else is a bug and keeps its traceback."""
@@ -79,7 +84,7 @@ def _failed(store: ArtifactStore, node: dict, exc: Exception) -> None:
     error = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
     if not isinstance(exc, HarnessError):
         error += "\n" + "".join(traceback.format_exception(exc))
-    store.write_failure(node["stage"], node["key"], error)
+    store.write_failure(stage, key, error)
     tune.report({"final": 1, "failed": 1, "error": error[:2000]})
 
 
@@ -102,11 +107,12 @@ def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out
     labels = {n.key: n.label for n in nodes}
     grid = run_trials(
         f"{stage}-{digest(sorted(labels))}", _trainable, {"key": tune.grid_search([n.key for n in nodes])},
-        stage=stage, resources="attack" if stage == "converge" else None, total=len(nodes), settings=dag.config,
+        stage=stage, resources=STAGES.get(stage).group, total=len(nodes), settings=dag.config,
         storage=out_dir / "tune", log=log,
         # the grid is over node keys only and the nodes travel once through the object store: Tune's per-trial
         # configs (written to every trial folder and to the experiment state) stay small
-        constants={"nodes": {n.key: n.to_dict() for n in nodes}, "store_root": str(store.root)},
+        constants={"nodes": {n.key: n for n in nodes}, "store_root": str(store.root),
+                   "plugin_names": plugins.loaded()},
         describe=lambda trial, result: _describe(result), label=lambda t: labels.get(t.config["key"], t.trial_id),
         trial_name=lambda t: f"{stage}-{t.config['key']}", reuse_actors=True)
     errors = {}
@@ -136,27 +142,15 @@ def _check_weights(dag: Dag) -> None:
     for name in dag.config.backbones:
         if w == "imagenet" and backbones.imagenet_weights_file(name) is None:
             raise ConfigError(f"{dag.path}: weights: imagenet, but torchvision's {name} ImageNet weights are not in "
-                               "the local torch hub cache; download them once (torchvision.models."
-                               f"get_weight(...)) or set weights: null to pretrain with BP")
+                              "the local torch hub cache; download them once (torchvision.models."
+                              f"get_weight(...)) or set weights: null to pretrain with BP")
         if w != "imagenet" and not Path(w).is_file():
             raise ConfigError(f"{dag.path}: weights: {w} does not exist")
 
 
-def _report(tracker: Tracker, experiment: str, results_dir: Path, log: Log) -> dict | None:
-    from harness.report import write_report
-
-    try:
-        report = write_report(tracker.uri, experiment, results_dir)
-    except HarnessError as exc:
-        log(f"[report] not written: {exc}")
-        return None
-    tracker.log_report(results_dir)
-    return report
-
-
 def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
-            results_dir: str | Path | None = None, log: Log = _log_stderr) -> RunSummary:
-    """Run what the DAG needs; with `results_dir`, write the report there and attach it to the parent MLflow run."""
+            log: Log = _log_stderr) -> RunSummary:
+    """Run what the DAG needs, logging every node to MLflow under one parent run (`RunSummary.parent_run`)."""
     t0 = time.perf_counter()
     out = Path(out_dir or Path("runs") / dag.experiment).resolve()
     store = ArtifactStore(out / "store")
@@ -167,46 +161,20 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
     tracker = Tracker(uri, dag.experiment, artifact_root=out / "mlartifacts")
     summary = RunSummary(dag.experiment, str(out), uri)
     logged = tracker.logged_keys()
-    tracker.start_parent(f"run {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                         {"dag": dag.path, "nodes": len(nodes), "verdicts": dag.config.verdicts.model_dump()},
-                         {"harness.dag": dag.path})
+    summary.parent_run = tracker.start_parent(
+        f"run {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        {"dag": dag.path, "nodes": len(nodes), "verdicts": dag.config.verdicts.model_dump(),
+         "baseline": dag.config.baseline, "plugins": plugins.loaded()}, {"harness.dag": dag.path})
     status = "FAILED"
     try:
-        todo_any = any(not store.done(n.stage, n.key) for n in nodes)
-        if todo_any:
-            init_ray(address, log)
-        for stage in STAGES:
-            level = [n for n in nodes if n.stage == stage]
-            if not level:
-                continue
-            blocked = {n.key for n in level if any(k in summary.failed or k in summary.skipped
-                                                   for k in n.inputs.values())}
-            todo = [n for n in level if n.key not in blocked and not store.done(stage, n.key)]
-            todo_keys = {n.key for n in todo}
-            log(f"[{stage}] {len(level)} nodes: {len(level) - len(todo) - len(blocked)} cached, {len(todo)} to run"
-                + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
-            for n in todo:
-                store.clear_failure(stage, n.key)
-            errors = run_level(dag, stage, todo, store, out, log) if todo else {}
-            for n in level:
-                if n.key in blocked:
-                    summary.skipped[n.key] = n.label
-                elif n.key in errors:
-                    summary.failed[n.key] = (n.label, errors[n.key])
-                    log(f"[{stage}] FAILED {n.label}: {errors[n.key]}")
-                    tracker.log_node(n.to_dict(), None, error=errors[n.key])
-                else:
-                    ran = n.key in todo_keys
-                    (summary.ran if ran else summary.cached)[stage] += 1
-                    if n.key not in logged:
-                        outcomes = store.outcomes_path(n.key, stage) if stage in ("attack", "converge") else None
-                        tracker.log_node(n.to_dict(), store.result(stage, n.key), cached=not ran,
-                                         files=[outcomes] if outcomes is not None and outcomes.is_file() else None)
+        if any(not store.done(n.stage, n.key) for n in nodes):
+            init_ray(address, log, plugins.loaded())
+        for stage in ordered():
+            _run_stage(dag, stage.name, [n for n in nodes if n.stage == stage.name], store, out, tracker, logged,
+                       summary, log)
         status = "FINISHED" if summary.ok else "FAILED"
         if summary.ok:
             summary.results = [store.node_dir(n.stage, n.key) / "result.json" for n in nodes]
-        if results_dir is not None:
-            summary.report = _report(tracker, dag.experiment, Path(results_dir), log)
     finally:
         summary.seconds = time.perf_counter() - t0
         tracker.end_parent(status, {"seconds": summary.seconds, "failed": len(summary.failed),
@@ -215,3 +183,33 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
                                     **{f"cached/{s}": v for s, v in summary.cached.items()}},
                            {"plan.json": [n.to_dict() for n in nodes]})
     return summary
+
+
+def _run_stage(dag: Dag, stage: str, level: list[Node], store: ArtifactStore, out: Path, tracker: Tracker,
+               logged: set[str], summary: RunSummary, log: Log) -> None:
+    """One level: its nodes not in the store run as one Tune run; every node not yet in MLflow is logged."""
+    if not level:
+        return
+    blocked = {n.key for n in level if any(k in summary.failed or k in summary.skipped for k in n.inputs.values())}
+    todo = [n for n in level if n.key not in blocked and not store.done(stage, n.key)]
+    todo_keys = {n.key for n in todo}
+    log(f"[{stage}] {len(level)} nodes: {len(level) - len(todo) - len(blocked)} cached, {len(todo)} to run"
+        + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
+    for n in todo:
+        store.clear_failure(stage, n.key)
+    errors = run_level(dag, stage, todo, store, out, log) if todo else {}
+    artifacts = STAGES.get(stage).artifacts
+    for n in level:
+        if n.key in blocked:
+            summary.skipped[n.key] = n.label
+        elif n.key in errors:
+            summary.failed[n.key] = (n.label, errors[n.key])
+            log(f"[{stage}] FAILED {n.label}: {errors[n.key]}")
+            tracker.log_node(n, None, error=errors[n.key])
+        else:
+            ran = n.key in todo_keys
+            (summary.ran if ran else summary.cached)[stage] += 1
+            if n.key not in logged:
+                folder = store.node_dir(stage, n.key)
+                tracker.log_node(n, store.result(stage, n.key), cached=not ran,
+                                 files=[folder / a for a in artifacts if (folder / a).is_file()])

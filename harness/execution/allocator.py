@@ -20,7 +20,7 @@ _TRIM_THRESHOLD = 1 << 34
 _applied = False
 
 
-def tune_allocator() -> bool:
+def keep_freed_memory() -> bool:
     """Keep freed tensors' memory in the heap (glibc only; a no-op elsewhere). Returns whether it applied."""
     global _applied
     if _applied:

@@ -1,11 +1,11 @@
 """What a plan costs, estimated from counted work and one measured rate.
 
 Method (also in the README):
-1. Count the work of every node in image passes: training = epochs x training images x 3 forward-equivalents
-   (forward + backward for inputs and weights); evaluation = images x 1; a white-box attack step = images x 2
-   (forward + input gradient); a decision-based query = 1. Image counts come from the manifest when the data is
-   prepared, else from the DAG's `sizes` hints. Decision-attack queries are their step budgets times the queries
-   foolbox spends per step (Boundary 2, HSJA its initial gradient evaluations): an upper-bound-ish guess.
+1. Count the work of every node in image passes (`workloads.names.Passes`), as its stage declares it
+   (`Stage.passes`): training = epochs x training images x 3 forward-equivalents (forward + backward for inputs
+   and weights); evaluation = images x 1; a white-box attack step = images x 2 (forward + input gradient); a query
+   = 1. Each attack declares its own cost from its parameters (`AttackSpec.cost`). Image counts come from the
+   manifest when the data is prepared, else from the DAG's `sizes` hints.
 2. Weight each pass by the backbone's forward FLOPs at its input size (torch's FlopCounterMode on one image).
 3. Divide by a FLOP rate: by default the one measured here, `harness bench train` (ResNet-18 32 px training,
    results/bench/train.json) times 3 x ResNet-18's forward FLOPs; `--tflops` sets a rate measured elsewhere (a GPU:
@@ -18,18 +18,16 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import Field
 
-from workloads.errors import ConfigError
+from harness.config.grid import DagConfig
+from harness.stages import STAGES, Node, ordered
+from workloads.errors import ConfigError, DataError
+from workloads.names import Passes
 from workloads.settings import Section
 
-if TYPE_CHECKING:
-    from harness.dag import DagConfig
-    from harness.plan import Node
-
-TRAIN, GRAD, FORWARD = 3.0, 2.0, 1.0
 Images = Annotated[int | None, Field(ge=0, le=10**10)]
 
 
@@ -62,7 +60,7 @@ def forward_flops(backbone: str, size: int) -> float:
 def measured_rate(bench_json: str | Path | None = None) -> tuple[float, str] | None:
     """FLOP/s of the measured ResNet-18 32 px training, from `harness bench train` (results/bench/train.json in
     the working directory, else the one committed with this package's checkout)."""
-    shipped = Path(__file__).resolve().parents[1] / "results" / "bench" / "train.json"
+    shipped = Path(__file__).resolve().parents[2] / "results" / "bench" / "train.json"
     candidates = [Path(bench_json)] if bench_json else [Path("results/bench/train.json"), shipped]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
@@ -72,27 +70,8 @@ def measured_rate(bench_json: str | Path | None = None) -> tuple[float, str] | N
         ips = float(r["plain_images_per_s"])
     except (OSError, KeyError, ValueError):
         return None
-    return ips * TRAIN * forward_flops("resnet18", 32), f"{r.get('device', '?')} ({ips:.0f} img/s ResNet-18 32px)"
-
-
-def _attack_passes(cfg: dict) -> float:
-    from workloads.attacks import get_attack
-
-    return get_attack(cfg["attack"]).passes(cfg["params"], cfg["eps"], cfg["n"])
-
-
-def node_passes(node: Node, sizes: dict[str, dict]) -> float:
-    """Forward-equivalent image passes of a node; `sizes` = dataset -> {train, test, database}."""
-    s = sizes[node.axes["dataset"]]
-    if node.stage == "pretrain":
-        return node.config["pretrain"]["epochs"] * s["train_source"] * TRAIN + s["test_source"] * FORWARD
-    if node.stage == "finetune":
-        db = s["database"] if node.axes["task"] == "hashing" else 0
-        return node.config["finetune"]["epochs"] * s["train"] * TRAIN + (s["test"] + db) * FORWARD
-    if node.stage == "evaluate":
-        db = s["database"] if node.axes["task"] == "hashing" else 0
-        return (s["test"] + db) * FORWARD + node.config["diagnostic_images"] * 2 * GRAD
-    return _attack_passes(node.config)
+    rate = ips * Passes.TRAIN * forward_flops("resnet18", 32)
+    return rate, f"{r.get('device', '?')} ({ips:.0f} img/s ResNet-18 32px)"
 
 
 def _count(manifest, split: str, classes) -> int:
@@ -108,7 +87,7 @@ def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str
     """Per dataset: image counts the stages see (manifest, else the DAG's `sizes` hints) and the native side;
     `where` (the DAG file) names the input in errors."""
     from workloads.datasets import load_manifest
-    from workloads.errors import DataError
+    from workloads.inputs import split_names
 
     sizes, sides = {}, {}
     for name, d in dag.datasets.items():
@@ -126,8 +105,7 @@ def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str
                            "test_source": hint.test if hint.test_source is None else hint.test_source}
             sides[name] = int(d.image_size or hint.image_size or 224)
         else:
-            test = "test" if "test" in m.splits else ("query" if "query" in m.splits else "val")
-            db = "database" if "database" in m.splits else "train"
+            _, test, db = split_names(m)
             tgt, src = d.target_classes, d.source_classes
             sizes[name] = {"train": _count(m, "train", tgt), "test": _count(m, test, tgt),
                            "database": _count(m, db, tgt), "train_source": _count(m, "train", src),
@@ -143,14 +121,15 @@ def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str
 
 def estimate(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int],
              rate_flops: float | None) -> dict[str, dict]:
-    """Per stage: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
+    """Per stage, in the order they run: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
     from workloads import backbones
 
-    out: dict[str, dict] = {}
+    out: dict[str, dict] = {s.name: {"nodes": 0, "pflop": 0.0} for s in ordered() if any(n.stage == s.name
+                                                                                          for n in nodes)}
     for n in nodes:
         side = backbones.input_size(n.axes["backbone"], sides[n.axes["dataset"]])
-        flops = node_passes(n, sizes) * forward_flops(n.axes["backbone"], side)
-        row = out.setdefault(n.stage, {"nodes": 0, "pflop": 0.0})
+        flops = STAGES.get(n.stage).passes(n, sizes[n.axes["dataset"]]) * forward_flops(n.axes["backbone"], side)
+        row = out[n.stage]
         row["nodes"] += 1
         row["pflop"] += flops / 1e15
     for row in out.values():

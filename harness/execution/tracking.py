@@ -1,19 +1,20 @@
 """MLflow: one parent run per `harness run`, one child run per stage node, written from the driver only.
 
 Only the driver writes, so a sqlite store never sees concurrent writers ("database is locked"), and the store and
-experiment are created once, before any trial starts. Grid axes are tags and params; every number is a metric
-(attack rows as `<metric>/eps_<eps>`); each node's full result is a JSON artifact.
+experiment are created once, before any trial starts. Grid axes are tags (`axis.<name>`) and params, the node's
+settings are params, its numbers are metrics (as its stage words them: `Stage.metrics`), and its full record is
+the `result.json` artifact, next to the files its stage names (`Stage.artifacts`). The report reads them back.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
+from harness.stages import STAGES, Node
+from harness.stages.base import finite
 from workloads.errors import InputError, ServiceError
-from workloads.names import Stage
 
 
 def default_uri(out_dir: str | Path) -> str:
@@ -70,10 +71,11 @@ class Tracker:
             self.client.log_artifact(self.parent_id, str(f))
         self.client.set_terminated(self.parent_id, status=status)
 
-    def log_report(self, folder: str | Path) -> None:
-        """The report's tables and figure as artifacts of this run's parent, under report/."""
-        if self.parent_id is not None:
-            self.client.log_artifacts(self.parent_id, str(folder), "report")
+    def log_report(self, folder: str | Path, run_id: str | None = None) -> None:
+        """The report's tables and figures as artifacts of a parent run (default: this one's), under report/."""
+        run_id = run_id or self.parent_id
+        if run_id is not None:
+            self.client.log_artifacts(run_id, str(folder), "report")
 
     def logged_keys(self) -> set[str]:
         """Node keys that already have a finished child run in this experiment."""
@@ -88,17 +90,17 @@ class Tracker:
             if not token:
                 return keys
 
-    def log_node(self, node: dict, record: dict | None, error: str | None = None, cached: bool = False,
+    def log_node(self, node: Node, record: dict | None, error: str | None = None, cached: bool = False,
                  files: list[Path] | None = None) -> str:
-        """A child run for one stage node: its axes, config, metrics, full result and `files` (an attack's
-        per-image outcomes); FAILED with the error if any."""
-        tags = {"harness.kind": "node", "harness.stage": node["stage"], "harness.node_key": node["key"],
-                "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in node["axes"].items()}}
+        """A child run for one stage node: its axes, config, metrics, full result and `files` (its stage's
+        artifacts, e.g. an attack's per-image outcomes); FAILED with the error if any."""
+        tags = {"harness.kind": "node", "harness.stage": node.stage, "harness.node_key": node.key,
+                "harness.cached": str(cached).lower(), **{f"axis.{k}": str(v) for k, v in node.axes.items()}}
         if error:
             tags["harness.error"] = error[:4000]
-        metrics = {**node_metrics(node["stage"], record["result"]), "seconds": record.get("seconds", 0.0)} \
+        metrics = {**STAGES.get(node.stage).metrics(record["result"]), "seconds": record.get("seconds", 0.0)} \
             if record else {}
-        return self.log_child(node["label"], tags, {**node["axes"], **_flat(node["config"])}, metrics,
+        return self.log_child(node.label, tags, {**node.axes, **_flat(node.config.model_dump())}, metrics,
                               status="FAILED" if error else "FINISHED",
                               attach={"result.json": record, **{f.name: f for f in files or []}} if record
                               else {"error.txt": error or ""})
@@ -116,7 +118,7 @@ class Tracker:
         self._log(rid, params=params, metrics=metrics)
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, step) for k, rows in (series or {}).items() for step, v in rows
-                  if _finite(v)]
+                  if finite(v)]
         for i in range(0, len(points), 1000):
             self.client.log_batch(rid, metrics=points[i : i + 1000])
         for file, content in (attach or {}).items():
@@ -132,7 +134,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         ps = [Param(k, _param(v)) for k, v in (params or {}).items()]
-        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _finite(v)]
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if finite(v)]
         for i in range(0, max(len(ps), len(ms)), 100):  # MLflow caps a batch at 100 params / 1000 metrics
             self.client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100])
 
@@ -153,30 +155,6 @@ def _probe_server(uri: str, timeout: float = 10.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise ServiceError(f"MLflow server {uri} is not reachable ({reason}); start one (`mlflow server --host "
                             "127.0.0.1 --port 5000`) or check --tracking-uri") from None
-
-
-def node_metrics(stage: str, result: dict) -> dict[str, float]:
-    """The numbers of a node's result, flat, as the report reads them back."""
-    out: dict[str, float] = {}
-    if stage in (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE):
-        out.update({k: v for k, v in result.get("metrics", {}).items() if _finite(v)})
-        for i, row in enumerate(result.get("history", [])):
-            out[f"train_loss/epoch_{i + 1}"] = row["loss"]
-        diag = result.get("diagnostics", {})
-        out.update({k: v for k, v in diag.items() if k != "layers" and _finite(v)})
-    if stage == Stage.ATTACK:
-        for row in result["rows"]:
-            for k, v in row.items():
-                if k not in ("attack", "source", "eps", "n") and _finite(v):
-                    out[f"{k}/eps_{row['eps']:g}"] = v
-        out.update({f"diag_{k}": v for k, v in result.get("diagnostics", {}).items() if _finite(v)})
-    if stage == Stage.CONVERGE:
-        out.update({k: result[k] for k in ("survivors", "broken")})
-    return out
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _param(v: object) -> str:

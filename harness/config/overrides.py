@@ -1,8 +1,6 @@
 """Settings from files and flags, the same way for every command: YAML mappings merged in order, then KEY=VALUE.
 
-    tree = read_mapping("dags/default.yaml", "DAG file")
-    tree = deep_merge(tree, read_mapping("best.yaml", "override file"))
-    tree = assign(tree, ["finetune.epochs=1", "attacks.0.eps=[0,0.1]"], "dags/default.yaml")
+    tree, where = read_tree("dags/default.yaml", ["finetune.epochs=1", "attacks.0.eps=[0,0.1]"], ["best.yaml"])
 
 Keys are dotted paths; list items go by index; values are YAML (`1`, `1e-3` is a string in YAML 1.1: write
 `1.0e-3`, `[0, 0.1]`, `null`). Nothing is validated here: the schema of the section does that after.
@@ -85,3 +83,15 @@ def assign(tree: dict, items: list[str], where: str, flag: str = "--set") -> dic
                     node[part] = {}  # a section not written yet, or written empty (`hashing:`)
                 node = node[part]
     return tree
+
+
+def read_tree(path: str | Path, sets: list[str] | None = None, files: list[str] | None = None) -> tuple[dict, str]:
+    """The DAG file at `path` with the override `files` (YAML, e.g. what `harness search` writes) merged over it in
+    order, then the `--set` values; and how errors name where it came from."""
+    where = str(path)
+    tree = read_mapping(path, "DAG file")
+    for file in files or []:
+        tree = deep_merge(tree, read_mapping(file, "override file"))
+    if files:
+        where = f"{where} (with {', '.join(map(str, files))})"
+    return assign(tree, sets or [], where), where

@@ -1,7 +1,9 @@
 """The artifact store: one folder per stage node, `<root>/<stage>/<key>/`, complete once `result.json` exists.
 
-Every file is written to a temporary name and renamed, and `result.json` is written last, so a node killed half-way
-is never taken as finished: the next `harness run` simply runs it again. A node that failed for a reason a retry
+What a node leaves in its folder is its stage's business (a checkpoint, an outcome table); the store knows only the
+records that say where a node stands. Every file is written to a temporary name and renamed
+(`workloads.files.atomic_write`), and `result.json` is written last, so a node killed half-way is never taken as
+finished: the next `harness run` simply runs it again. A node that failed for a reason a retry
 cannot fix (a diverging loss) leaves `failed.json` instead, which the next run clears and retries. While a node
 runs, `running.json` says which process runs it and where (removed when it finishes or fails; left behind by a
 process that was killed).
@@ -12,24 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from workloads.errors import ConfigError, StorageError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from workloads.files import atomic_write_text
 
 
 class ArtifactStore:
@@ -49,17 +37,10 @@ class ArtifactStore:
             probe.unlink()
         except OSError as exc:
             raise StorageError(f"artifact store {self.root} is not writable ({exc.strerror or exc}); pass --out with "
-                             "a folder you can write to") from None
+                               "a folder you can write to") from None
 
     def node_dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
-
-    def model_path(self, stage: str, key: str) -> Path:
-        return self.node_dir(stage, key) / "model.pt"
-
-    def outcomes_path(self, key: str, stage: str = "attack") -> Path:
-        """An attack (or convergence) node's per-image outcome table (parquet)."""
-        return self.node_dir(stage, key) / "outcomes.parquet"
 
     def done(self, stage: str, key: str) -> bool:
         return (self.node_dir(stage, key) / "result.json").is_file()

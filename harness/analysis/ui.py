@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-from harness.tracking import existing_store
+from harness.execution.tracking import existing_store
 from workloads.errors import InputError, ServiceError
 
 STARTUP_S = 120.0  # gunicorn/uvicorn and MLflow's imports take 5-20 s on a loaded 2-core machine

@@ -1,10 +1,10 @@
 """Ray and Ray Tune, set up once for every command that runs trials (`harness run` and `harness search`).
 
-- `init_ray`: a local instance on 127.0.0.1 with a private token, or a cluster address probed first;
-- `TrialSettings`: the DAG keys that say how trials run (resources per stage, retries, concurrency);
-- `run_trials`: one Tune run: resources per trial (a GPU share only where the cluster has GPUs), threads capped
-  to the trial's CPUs, Tune's retries for a worker that died, storage under the run folder, and one progress line
-  per trial event.
+- `init_ray`: a local instance on 127.0.0.1 with a private token, or a cluster address probed first; the job ships
+  the user's plugins to every worker (`runtime_env`);
+- `run_trials`: one Tune run, as the DAG's trial settings say (harness/config/trials.py): resources per trial (a
+  GPU share only where the cluster has GPUs), threads capped to the trial's CPUs, Tune's retries for a worker that
+  died, storage under the run folder, and one progress line per trial event.
 Trials report with `ray.tune.report`; Ray is imported only when a function here is called.
 """
 
@@ -13,40 +13,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
-
+from harness.config.plugins import shipped
+from harness.config.trials import TrialSettings
 from workloads.errors import ConfigError, ServiceError
-from workloads.settings import Section
 
 Log = Callable[[str], None]
 
 
-class TrialResources(Section):
-    cpu: Annotated[float, Field(ge=0.01, le=1024)] = 1
-    """CPUs per trial; torch uses this many threads in it."""
-    gpu: Annotated[float, Field(ge=0, le=64)] = 0
-    """GPUs per trial (0.25 packs four trials on one GPU); ignored on a cluster without GPUs."""
-
-
-class Resources(Section):
-    pretrain: TrialResources = TrialResources()
-    finetune: TrialResources = TrialResources()
-    evaluate: TrialResources = TrialResources()
-    attack: TrialResources = TrialResources()
-
-
-class TrialSettings(Section):
-    resources: Resources = Resources()
-    """What each trial of a stage asks Ray for."""
-    retries: Annotated[int, Field(ge=0, le=100)] = 1
-    """Tune restarts a trial whose worker or node died this many times (a stage that raises is not retried)."""
-    max_concurrent: Annotated[int, Field(ge=0, le=100_000)] = 0
-    """Trials at once (0: as many as the resources allow)."""
-
-
-def init_ray(address: str | None, log: Log) -> None:
+def init_ray(address: str | None, log: Log, plugins: list[str] | None = None) -> None:
+    """Ray for this process: the cluster at `address` (or RAY_ADDRESS), else a local instance. `plugins` (module
+    names) travel with the job, so every worker can import them."""
     # Tune's console reporter (boxes, tables, TensorBoard hints) would drown the one-line progress printed here;
     # the legacy engine honours verbose=0
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -57,6 +35,10 @@ def init_ray(address: str | None, log: Log) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
               "logging_level": "ERROR"}
+    modules = shipped(plugins or [])
+    if modules:
+        kwargs["runtime_env"] = {"py_modules": modules}
+        log(f"[ray] shipping plugins to the workers: {', '.join(modules)}")
     if address:
         log(f"[ray] connecting to {address}")
         _probe_gcs(address)
@@ -120,15 +102,15 @@ def _probe_gcs(address: str, timeout: float = 10.0) -> None:
                            "node prints the address") from None
 
 
-def trial_resources(settings: TrialSettings, stage: str, log: Log) -> dict:
-    """{cpu, gpu} for one trial of `stage`; a GPU request on a cluster without GPUs runs on CPU instead of
-    waiting forever without an error."""
+def trial_resources(settings: TrialSettings, group: str, log: Log) -> dict:
+    """{cpu, gpu} for one trial of resource group `group`; a GPU request on a cluster without GPUs runs on CPU
+    instead of waiting forever without an error."""
     import ray
 
-    want = getattr(settings.resources, stage)
+    want = settings.resources_of(group)
     have_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if want.gpu > 0 and not have_gpu:
-        log(f"[{stage}] resources ask for {want.gpu} GPU but the Ray cluster has none: running on CPU")
+        log(f"[{group}] resources ask for {want.gpu} GPU but the Ray cluster has none: running on CPU")
     return {"cpu": want.cpu, "gpu": want.gpu if have_gpu else 0}
 
 
@@ -138,10 +120,11 @@ def run_trials(name: str, trainable: Callable, space: dict, *, stage: str, total
                trial_name: Callable[[Any], str] | None = None, constants: dict | None = None, **tune_config: Any):
     """One Ray Tune run of `trainable(config, threads=..., **constants)` over `space`; returns Tune's ResultGrid.
 
-    `stage` names the run in progress lines; its trials take the resources of stage `resources` (default: the
-    same). `constants` travel once through Ray's object store (`tune.with_parameters`), so per-trial configs stay
-    small. `describe(trial, result)` turns a reported result into a progress line (None: no line); `label(trial)`
-    names a trial in the lines. `tune_config` goes to TuneConfig (metric, mode, scheduler, num_samples, ...)."""
+    `stage` names the run in progress lines; its trials take the resources of group `resources` (default: the
+    stage's name). `constants` travel once through Ray's object store (`tune.with_parameters`), so per-trial
+    configs stay small. `describe(trial, result)` turns a reported result into a progress line (None: no line);
+    `label(trial)` names a trial in the lines. `tune_config` goes to TuneConfig (metric, mode, scheduler,
+    num_samples, ...)."""
     from ray import tune
 
     res = trial_resources(settings, resources or stage, log)

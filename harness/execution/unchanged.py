@@ -7,7 +7,9 @@ is nothing to compute, nothing to log and the report would come out the same: th
 torch, Ray or MLflow (seconds of imports on a small machine). Anything else (an eps grid changed, a seed added, a
 source file edited, a node's folder deleted, another MLflow store) goes the normal way, which checks every node.
 
-Only the run folder's own sqlite MLflow store qualifies: a server may be written by other drivers meanwhile.
+Only the run folder's own sqlite MLflow store qualifies: a server may be written by other drivers meanwhile. A run
+with plugins always goes the normal way: their code is the user's, and telling whether it changed would mean
+importing it.
 """
 
 from __future__ import annotations
@@ -17,27 +19,25 @@ import json
 import time
 from pathlib import Path
 
-from harness.overrides import assign, deep_merge, read_mapping
+from harness.config.overrides import read_tree
 from workloads.errors import HarnessError
+from workloads.files import atomic_write_text
 
 STAMP = "last-complete-run.json"
-CODE = Path(__file__).resolve().parents[1]
+CODE = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("harness", "rules", "workloads")
 
 
-def fingerprint(dag: str, sets: list[str], files: list[str], out: str | None, tracking_uri: str | None,
-                results: str | None, report: bool) -> tuple[str, Path] | None:
+def digest_inputs(dag: str, sets: list[str], files: list[str], out: str | None, tracking_uri: str | None,
+                  results: str | None, report: bool, plugins: list[str] | None = None) -> tuple[str, Path] | None:
     """(the digest of this run's inputs, its run folder), or None where it cannot be told cheaply (then the run
     goes the normal way, which also reports any error in the DAG)."""
     try:
-        tree = read_mapping(dag, "DAG file")
-        for file in files:
-            tree = deep_merge(tree, read_mapping(file, "override file"))
-        tree = assign(tree, sets, dag)
+        tree, _ = read_tree(dag, sets, files)
     except HarnessError:
         return None
     experiment = tree.get("experiment")
-    if not isinstance(experiment, str) or tracking_uri is not None:
+    if not isinstance(experiment, str) or tracking_uri is not None or plugins or tree.get("plugins"):
         return None
     folder = Path(out or Path("runs") / experiment).resolve()
     h = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode())
@@ -54,7 +54,7 @@ def fingerprint(dag: str, sets: list[str], files: list[str], out: str | None, tr
     return h.hexdigest(), folder
 
 
-def unchanged(digest: str, folder: Path) -> dict | None:
+def last_complete(digest: str, folder: Path) -> dict | None:
     """The stamp of the last complete run if this run's inputs are the same and every result it saw is still there."""
     try:
         stamp = json.loads((folder / STAMP).read_text())
@@ -77,11 +77,9 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def record(digest: str, folder: Path, results: list[Path], report: Path | None, counts: dict[str, int],
-           summary: str) -> None:
+def record_complete(digest: str, folder: Path, results: list[Path], report: Path | None, counts: dict[str, int],
+                    summary: str) -> None:
     """After a run that finished every node (and wrote its report): what the next run compares itself with."""
-    from harness.store import atomic_write_text
-
     paths = [str(Path(p).resolve().relative_to(folder)) for p in results]
     shown = [str(Path(report).resolve() / "README.md")] if report is not None else []
     atomic_write_text(folder / STAMP, json.dumps({

@@ -1,0 +1,210 @@
+"""The checklist of a cell (docs/evaluation.md), declared before the numbers are seen: each check is a named
+function that returns whether it passed and the numbers it decided on; the report prints them.
+
+- sanity (failed: the cell is invalid): the baseline's rule and exact gradients agree, the exact gradient is not
+  weaker than the rule's, accuracy falls with eps, the attacks break the baseline;
+- convergence (failed: attack not converged): the re-run on the survivors moves the worst case by no more than
+  its interval;
+- strength: each black-box attack takes the baseline low enough for its failures elsewhere to mean something;
+- signs of gradient obfuscation (Athalye et al. 2018): the rule's gradient above the exact one, a transfer or
+  black-box attack stronger than every rule-gradient one, one step stronger than many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from harness.analysis import stats
+from harness.analysis.outcomes import (
+    ATTACK,
+    RETRIEVAL,
+    algorithms,
+    at_budget,
+    attacks_of,
+    linf_only,
+    measure_of,
+    pair,
+    vector,
+    worst_case,
+)
+from harness.stages.converge import RERUN
+
+SANITY, CONVERGENCE, SIGN, STRENGTH = "sanity", "convergence", "sign", "strength"  # the kinds of check
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: the attacks it needs did not run
+    detail: str
+    kind: str = SANITY  # sanity (failed: invalid), convergence (failed: not converged), sign (of obfuscation)
+
+
+# ---- sanity checks: a cell that fails one is invalid -------------------------------------------------------------
+def check_bp_gradients_agree(bp_at: pl.DataFrame, cosine: float | None, baseline: str = "bp") -> Check:
+    """The baseline (bp) attaches no hook: its rule and exact gradients are one computation, so their attacks must
+    agree."""
+    mismatched = total = 0
+    for alg in algorithms(bp_at, "rule", "exact"):
+        a, b = pair(bp_at, (alg, "rule"), (alg, "exact"))
+        differ = ~np.isclose(a.astype(float), b.astype(float), rtol=0, atol=1e-6)  # AP sums in another order
+        mismatched, total = mismatched + int(differ.sum()), total + len(a)
+    parts = [f"{mismatched} of {total} outcomes differ between {baseline}'s rule and exact attacks"] if total else []
+    if cosine is not None and not math.isnan(cosine):
+        parts.append(f"cosine {cosine:.6f}")
+    if not parts:
+        return Check(f"{baseline} gradients agree", None,
+                     f"no attack ran on {baseline} with both the rule and the exact gradient")
+    ok = (mismatched <= 0.01 * total) and (cosine is None or math.isnan(cosine) or cosine >= 0.999)
+    return Check(f"{baseline} gradients agree", ok, "; ".join(parts))
+
+
+def check_exact_not_weaker(at: pl.DataFrame, delta: float) -> Check:
+    """The exact gradient of the same algorithm is at least as strong as the rule's, within delta."""
+    worst = None
+    for alg in algorithms(at, "rule", "exact"):
+        rule, exact = pair(at, (alg, "rule"), (alg, "exact"))
+        p = stats.greater_by(exact, rule, delta)
+        if worst is None or p < worst[1]:
+            worst = (alg, p, exact.mean(), rule.mean())
+    if worst is None:
+        return Check("exact gradient not weaker", None, "no algorithm ran with both the rule and the exact gradient")
+    alg, p, e, r = worst
+    f = measure_of(at).fmt
+    return Check("exact gradient not weaker", p >= stats.ALPHA,
+                 f"{alg}: exact {f(e)} vs rule {f(r)} (p={p:.3g} that exact is weaker by more than {delta:g})")
+
+
+def check_accuracy_falls_with_eps(outcomes: pl.DataFrame) -> Check:
+    """A budget's own run must not be significantly more accurate (or its mAP higher) than a smaller budget's: a
+    broken attack."""
+    m, worst = measure_of(outcomes), None
+    for key, df in outcomes.sort(ATTACK, nulls_last=True).group_by(ATTACK, maintain_order=True):
+        grid = sorted(df["eps"].unique().to_list())
+        for small, large in zip(grid, grid[1:], strict=False):
+            a = vector(df.filter(pl.col("eps") == large), m.raw)
+            b = vector(df.filter(pl.col("eps") == small), m.raw)
+            p = stats.paired_greater(a, b)
+            if worst is None or p < worst[1]:
+                worst = (f"{key[0]}/{key[1]} eps {small:g} -> {large:g}", p, b.mean(), a.mean())
+    if worst is None:
+        return Check("accuracy falls with eps", None, "no attack ran at two budgets")
+    where, p, before, after = worst
+    if after <= before:
+        return Check("accuracy falls with eps", True, "no budget's own run is more accurate than a smaller one's")
+    return Check("accuracy falls with eps", p >= stats.ALPHA, f"largest rise: {where}, {m.fmt(before)} -> "
+                 f"{m.fmt(after)} (p={p:.3g})")
+
+
+def check_bp_broken(bp_outcomes: pl.DataFrame, below: float | None, baseline: str = "bp") -> Check:
+    """The strongest attack at the largest budget in the grid takes the baseline near 0 (a retrieval model near
+    chance): the attacks can break a model. `below`: None where the DAG sets no limit for the task."""
+    name = f"attacks break {baseline}"
+    bp_outcomes = linf_only(bp_outcomes)
+    if bp_outcomes.is_empty():
+        return Check(name, None, f"no attack ran on {baseline}")
+    if below is None:
+        return Check(name, None, "no limit for this task in `verdicts.bp_broken_below`")
+    top = float(bp_outcomes["eps"].max())
+    worst, by, _ = worst_case(at_budget(bp_outcomes, top))
+    return Check(name, worst.value < below, f"{baseline}'s worst case at eps {top:g}: {worst} by {by} (limit "
+                 f"{measure_of(bp_outcomes).fmt(below)})")
+
+
+
+def check_converged(at: pl.DataFrame, reran: bool = False) -> Check:
+    """The worst case before the re-run must lie within the Wilson interval of the worst case after it: a stronger
+    attack may move the number only by what the sample cannot resolve anyway (Carlini et al. 2019: an evaluation
+    whose number moves under a stronger attack had not converged). `reran`: a re-run ran on this model (with no
+    survivors it leaves no rows)."""
+    attacks = attacks_of(at)
+    reruns = [a for a in attacks if a[0].startswith(RERUN)]
+    if not reruns:
+        if measure_of(at) is RETRIEVAL:
+            return Check("attack converged", None, "retrieval attacks have no convergence re-run", CONVERGENCE)
+        if reran:
+            return Check("attack converged", True, "the other attacks broke every image: nothing to re-run",
+                         CONVERGENCE)
+        return Check("attack converged", None, "no convergence re-run on this model (the DAG's `converge`)",
+                     CONVERGENCE)
+    before, _, _ = worst_case(at, [a for a in attacks if a not in reruns])
+    after, _, _ = worst_case(at)
+    lo, hi = after.interval
+    return Check("attack converged", lo <= before.value <= hi,
+                 f"{reruns[0][0].removeprefix(RERUN)}/exact re-run on the {before.k} images the other attacks left "
+                 f"robust broke {before.k - after.k}: worst case {before.value:.1%} -> {after} (interval after "
+                 f"[{lo:.1%}, {hi:.1%}])", CONVERGENCE)
+
+
+def blackbox_strength(bp_outcomes: pl.DataFrame, eps: float, families: dict[str, str], above: float,
+                      baseline: str = "bp") -> list[Check]:
+    """Each L-inf black-box (score or decision) attack's accuracy on the baseline at the primary budget: one that
+    leaves it above `above` is too weak for its failures on another model to mean anything."""
+    at = at_budget(bp_outcomes, eps)
+    out = []
+    for attack in sorted({a for a in at["attack"].unique().to_list() if families.get(a) in ("score", "decision")}):
+        est, _, _ = worst_case(at.filter(pl.col("attack") == attack))
+        strong = est.value <= above
+        out.append(Check(f"{attack} strong enough", strong, f"{attack} takes {baseline} to {est} at eps {eps:g}"
+                         + ("" if strong else f": too weak (above {above:.0%}); its failures say little"), STRENGTH))
+    return out
+
+
+# ---- signs of obfuscation (Athalye et al. 2018) ------------------------------------------------------------------
+def sign_rule_above_exact(at: pl.DataFrame) -> Check:
+    best = None
+    for alg in algorithms(at, "rule", "exact"):
+        rule, exact = pair(at, (alg, "rule"), (alg, "exact"))
+        p = stats.paired_greater(rule, exact)
+        if best is None or p < best[1]:
+            best = (alg, p, rule.mean(), exact.mean())
+    if best is None:
+        return Check("rule gradient above exact", None, "no algorithm ran with both gradients", SIGN)
+    alg, p, r, e = best
+    f = measure_of(at).fmt
+    return Check("rule gradient above exact", p < stats.ALPHA, f"{alg}: rule {f(r)} vs exact {f(e)} (p={p:.3g})",
+                 SIGN)
+
+
+def sign_transfer_or_blackbox_stronger(at: pl.DataFrame, families: dict[str, str]) -> Check:
+    """A transfer or black-box attack beats the model's own gradient: it breaks images (or lowers APs) that every
+    rule-gradient attack, taken together per image, left alone."""
+    rule_side = [(a, s) for a, s in attacks_of(at) if s == "rule"]
+    other = [(a, s) for a, s in attacks_of(at) if s == "transfer" or families.get(a) in ("score", "decision")]
+    if not rule_side or not other:
+        return Check("transfer or black-box stronger", None, "no transfer or black-box attack beside a rule one",
+                     SIGN)
+    m, best = measure_of(at), None
+    for o in other:
+        mine = at.filter((pl.col("attack") == o[0]) & (pl.col("source") == o[1]))
+        _, _, own = worst_case(at, rule_side, set(mine["image"].to_list()))
+        theirs = vector(mine.filter(pl.col("image").is_in(own["image"].to_list())))
+        p = stats.paired_greater(own[m.value].to_numpy(), theirs)
+        if best is None or p < best[1]:
+            best = (o, p, own[m.value].to_numpy().mean(), theirs.mean())
+    o, p, ra, oa = best
+    return Check("transfer or black-box stronger", p < stats.ALPHA,
+                 f"{o[0]}/{o[1]} {m.fmt(oa)} vs every rule-gradient attack {m.fmt(ra)} (p={p:.3g})", SIGN)
+
+
+def sign_single_step_stronger(at: pl.DataFrame, single_step: set[str]) -> Check:
+    best = None
+    have = {a for a, s in attacks_of(at) if s == "rule"}
+    for one in sorted(have & single_step):
+        for many in sorted(have - single_step):
+            both = pair(at, (many, "rule"), (one, "rule"))
+            p = stats.paired_greater(*both)
+            if best is None or p < best[2]:
+                best = (one, many, p, both[1].mean(), both[0].mean())
+    if best is None:
+        return Check("single step stronger than iterative", None, "no single-step and iterative rule attacks",
+                     SIGN)
+    one, many, p, oa, ma = best
+    f = measure_of(at).fmt
+    return Check("single step stronger than iterative", p < stats.ALPHA,
+                 f"{one} {f(oa)} vs {many} {f(ma)}, rule gradient (p={p:.3g})", SIGN)
+

@@ -1,0 +1,140 @@
+"""`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure docs/protocol.md ("The report") lists.
+
+Writes `results/<experiment>/`: verdicts.{csv,md} and hashing_worst.{csv,md} (the per-model worst case at the
+primary budget, with intervals), then every stage's own tables (evaluate: clean, diagnostics; attack: robustness
+with its figure, hashing_attacks, blackbox, blackbox_l2), and README.md with all of them and one verdict line per
+cell. Tables are keyed by task kind: a task of your own of an existing kind lands in its kind's tables and
+verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+import rules
+from harness.analysis.outcomes import retrieval_worst_case
+from harness.analysis.runs import load_outcomes, load_rows, load_runs, logged_settings
+from harness.analysis.verdicts import verdict_report
+from harness.stages import Stage, ordered
+from harness.stages.tables import kind_of, rule_order
+from workloads.attacks import ATTACKS, get_attack
+
+KINDS = ("classification", "hashing")  # the task kinds whose per-image outcomes the verdicts read
+SHOWN = ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2")
+
+
+def markdown(df: pl.DataFrame, digits: int = 3) -> str:
+    cols = df.columns
+
+    def cell(v: object) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
+
+
+def attack_notes(runs: pl.DataFrame) -> list[str]:
+    """Where an attack ran with settings other than its paper-faithful defaults, say so."""
+    atk = runs.filter(pl.col("stage") == "attack")
+    notes = []
+    for name in sorted(a for a in atk["attack"].unique().to_list() if a in ATTACKS.names()) if len(atk) else []:
+        defaults = get_attack(name).defaults
+        rows = atk.filter(pl.col("attack") == name)
+        changed = {}
+        for col in [c for c in rows.columns if c.startswith("param.params.")]:
+            key = col.removeprefix("param.params.")
+            for v in rows[col].drop_nulls().unique().to_list():
+                try:
+                    value = json.loads(v)
+                except ValueError:
+                    value = v
+                if key in defaults and value != defaults[key]:
+                    changed.setdefault(key, set()).add(str(value))
+        if changed:
+            text = ", ".join(f"{k} {'/'.join(sorted(v))} (default {defaults[k]})" for k, v in sorted(changed.items()))
+            notes.append(f"{name} ran with reduced or changed settings: {text}.")
+    for rule in rule_order(atk["rule"].unique().to_list() if len(atk) else []):
+        if rule in rules.available_rules() and rules.get_rule(rule).random_per_pass:
+            notes.append(f"{rule} redraws its feedback magnitudes at every backward pass, attacks included "
+                         "(BioTorch's behaviour, docs/protocol.md): a `rule`-source attacker sees a new B at every "
+                         "step.")
+    return notes
+
+
+def _retrieval(outcomes: pl.DataFrame, primary: dict[str, float]) -> tuple[str, pl.DataFrame]:
+    """The hashing models' worst case at each task's primary budget."""
+    if outcomes.is_empty():
+        return "", pl.DataFrame()
+    parts = [retrieval_worst_case(outcomes.filter(pl.col("task") == task), eps) for task, eps in primary.items()]
+    parts = [p for p in parts if not p.is_empty()]
+    budgets = ", ".join(sorted({f"{eps:g}" for eps in primary.values()}))
+    return budgets, pl.concat(parts) if parts else pl.DataFrame()
+
+
+def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes: list[str] | None = None) -> dict:
+    runs = load_runs(tracking_uri, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings, baseline = logged_settings(tracking_uri, experiment)
+    outcomes = {kind: load_outcomes(runs, tracking_uri, kind) for kind in KINDS}
+    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline)
+    tasks = [t for t in runs["task"].unique().to_list() if t is not None]
+    primary = {t: eps for t in tasks if (eps := settings.for_task(settings.primary, t)) is not None}
+    budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in primary.items())
+    retrieval_eps, retrieval = _retrieval(outcomes["hashing"],
+                                          {t: e for t, e in primary.items() if kind_of(t) == "hashing"})
+    tables = {
+        "verdicts": (f"Verdicts at the primary budget ({budgets}; margin {settings.delta:g}): clean and worst-case "
+                     "accuracy with Wilson 95% intervals (hashing: mAP with bootstrap intervals over queries), the "
+                     "checklist (docs/evaluation.md)", verdict_table),
+        "hashing_worst": (f"Retrieval worst case at eps {retrieval_eps}: the mAP of each query's lowest AP over "
+                          "every hashing attack and source, with bootstrap 95% intervals over queries", retrieval),
+    }
+    figures: dict[str, Path] = {}
+    for stage in ordered():
+        has_rows = type(stage).rows is not Stage.rows  # a stage without rows costs no artifact download
+        rows = load_rows(runs, tracking_uri, stage.name) if has_rows else pl.DataFrame()
+        tables.update(stage.report(runs, rows))
+        figures.update(stage.figures(rows, out, baseline))
+    notes = [*attack_notes(runs), *(notes or [])]
+    md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Verdicts and worst cases are per model "
+          "(per seed); the tables after them are means over seeds.", ""]
+    if lines:
+        md += ["## Verdicts", "", *[f"- {ln}" for ln in lines], ""]
+    for name, (title, df) in tables.items():
+        if df.is_empty():
+            continue
+        df.write_csv(out / f"{name}.csv")
+        (out / f"{name}.md").write_text(markdown(df) + "\n")
+        md += [f"## {title}", "", markdown(df), ""]
+        if name in figures:
+            md += [f"![{title}]({figures[name].name})", ""]
+    if checks:
+        md += ["## The checks and their numbers", "", *[f"- {c}" for c in checks], ""]
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    (out / "README.md").write_text("\n".join(md))
+    return {"dir": str(out), "tables": {k: v[1] for k, v in tables.items()}, "verdicts": lines, "checks": checks,
+            "figures": [str(p) for p in figures.values()]}
+
+
+def summary_text(report: dict) -> str:
+    """The main tables, for the terminal."""
+    parts = []
+    for name in SHOWN:
+        df = report["tables"].get(name)
+        if df is not None and not df.is_empty():
+            with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=160, float_precision=3,
+                           tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+                parts.append(f"{name}:\n{df}")
+    parts += report["verdicts"]
+    parts.append(f"report: {report['dir']}/README.md" + "".join(f", figure: {f}" for f in report["figures"]))
+    return "\n\n".join(parts)

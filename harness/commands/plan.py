@@ -1,0 +1,51 @@
+"""`harness plan DAG`: the nodes a DAG needs per stage, how many the store has, and what the rest costs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.commands.common import dag_args
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.description = ("Counts the stage nodes of a DAG (the trainings are the minimum the grid needs: one pretraining "
+                     "per dataset x backbone x seed, one fine-tuning per task x rule on top), how many are already in "
+                     "the artifact store, and estimates the compute: counted image passes weighted by each "
+                     "backbone's FLOPs, at the rate `harness bench train` measured here or at --tflops (see README, "
+                     "'What a grid costs'). Works before the data is prepared when the DAG gives `sizes` hints.")
+    dag_args(p)
+    p.add_argument("--tflops", type=float, default=None,
+                   help="effective training rate in TFLOP/s to estimate hours with (e.g. measured on your GPU)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.execution.store import ArtifactStore
+    from harness.planning.cost import dataset_sizes, estimate, measured_rate
+    from harness.planning.dag import load_dag
+    from harness.planning.plan import build_plan
+    from harness.stages import STAGES, ordered
+
+    dag = load_dag(args.dag, args.sets, args.overrides)
+    nodes = build_plan(dag, require_data=False)
+    store = ArtifactStore(Path(args.out or Path("runs") / dag.experiment) / "store")
+    if args.tflops is not None:
+        rate, source = args.tflops * 1e12, f"--tflops {args.tflops:g}"
+    else:
+        rate, source = measured_rate() or (None, "no measured rate (run `harness bench train`)")
+    sizes, sides = dataset_sizes(dag.config, dag.path)
+    cost = estimate(nodes, sizes, sides, rate)
+    print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
+    print(f"{'stage':<10} {'nodes':>7} {'cached':>7} {'to run':>7} {'PFLOP':>10} {'hours':>9}")
+    total_h = 0.0
+    for stage in ordered():
+        level = [n for n in nodes if n.stage == stage.name]
+        cached = sum(store.done(stage.name, n.key) for n in level)
+        c = cost.get(stage.name, {"pflop": 0.0, "hours": None})
+        hours = "" if c["hours"] is None else f"{c['hours']:.2f}"
+        total_h += c["hours"] or 0.0
+        print(f"{stage.name:<10} {len(level):>7} {cached:>7} {len(level) - cached:>7} {c['pflop']:>10.3f} {hours:>9}")
+    trainings = sum(STAGES.get(n.stage).trains for n in nodes)
+    print(f"trainings: {trainings} (the minimum for this grid); estimate at {source}"
+          + (f": {total_h:.2f} hours of compute in all" if rate else ""))
+    return 0

@@ -1,0 +1,36 @@
+"""One stage node, run to completion: its stage reads the inputs' folders, runs the workloads' function and writes
+its own folder; the store then records the result. No Ray here: the orchestrator wraps `run_node` as a Tune
+trainable, and tests and notebooks can call it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from harness.execution.store import ArtifactStore
+from harness.stages import STAGES, Node, NodeFiles
+from harness.stages.base import Progress
+
+
+def run_node(node: Node, store: ArtifactStore, progress: Progress | None = None, where: dict | None = None) -> dict:
+    """Run `node` unless its result is already in the store; return the record.
+
+    `where` (e.g. the Ray node id) is kept in the record, so a run on a cluster says where each node ran."""
+    stage, key = node.stage, node.key
+    if store.done(stage, key):  # a retried trial whose first attempt finished just before dying
+        return store.result(stage, key)
+    here = {"host": socket.gethostname(), **(where or {})}
+    store.write_running(stage, key, {"pid": os.getpid(), **here, "since": time.time()})
+    files = NodeFiles(store.node_dir(stage, key),
+                      {role: store.node_dir(node.upstream[role], k) for role, k in node.inputs.items()})
+    t0 = time.perf_counter()
+    try:
+        result = STAGES.get(stage).run(node, files, progress or (lambda metrics: None))
+    except BaseException:
+        store.clear_running(stage, key)  # it stopped: the caller records why (failed.json), or nothing if it must not
+        raise
+    record = {"node": node.to_dict(), "result": result, "seconds": time.perf_counter() - t0, "where": here}
+    store.write_result(stage, key, record)
+    return record

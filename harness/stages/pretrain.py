@@ -1,0 +1,83 @@
+"""Pre-training: BP on the source classes, once per dataset x backbone x seed; every fine-tuning starts from it.
+
+A DAG with `weights: imagenet` (or a weights file) has no pretrain stage: fine-tuning starts from those weights.
+"""
+
+from __future__ import annotations
+
+from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, finite, register_stage
+from workloads.config import PretrainSettings, StageConfig
+from workloads.datasets.options import DataOptions
+from workloads.names import Passes
+from workloads.tasks import get_task
+
+
+def data_options(plan: Plan, dataset: str) -> DataOptions:
+    """What the stages read of a DAG dataset (the rest of its entry is the plan's: size hints, overrides)."""
+    entry = plan.dag.datasets[dataset]
+    return DataOptions.model_construct(**{k: getattr(entry, k) for k in DataOptions.model_fields})
+
+
+def trained(node: Node, files: NodeFiles, progress: Progress, train) -> dict:
+    """Run a training function (`train(path, on_epoch)`) into the node's folder; the checkpoint's numbers."""
+    from workloads.checkpoint import load_checkpoint
+
+    epochs = getattr(node.config, node.stage).epochs
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        progress({"epoch": epoch + 1, "epochs": epochs, "loss": row["loss"]})
+
+    ckpt = load_checkpoint(train(files.folder / MODEL, on_epoch))
+    return {"metrics": ckpt["metrics"], "history": ckpt["history"]}
+
+
+def training_metrics(result: dict) -> dict[str, float]:
+    """A training node's numbers: its final metrics and the loss of every epoch."""
+    out = {k: v for k, v in result.get("metrics", {}).items() if finite(v)}
+    for i, row in enumerate(result.get("history", [])):
+        out[f"train_loss/epoch_{i + 1}"] = row["loss"]
+    return out
+
+
+@register_stage
+class Pretrain(Stage):
+    name, level = "pretrain", 0
+    trains = True
+
+    def sections(self) -> dict:
+        return {"pretrain": (PretrainSettings, PretrainSettings())}
+
+    def nodes(self, plan: Plan) -> list[Node]:
+        dag, out = plan.dag, []
+        if dag.weights is not None:
+            return out
+        for ds_name in dag.datasets:
+            data = data_options(plan, ds_name)
+            for backbone in dag.backbones:
+                for seed in dag.seeds:
+                    cfg = StageConfig.model_construct(
+                        backbone=backbone, weights=dag.weights, data=data,
+                        task=get_task("classification").Config.model_construct(name="classification"),
+                        pretrain=dag.pretrain, finetune=dag.finetune, rule=dag.baseline, seed=seed, device=dag.device)
+                    keyed = cfg.model_dump(include={"backbone", "seed", "weights", "data", "pretrain"})
+                    # the manifest's hash names the data, not the folder it sits in
+                    for k in ("root", "target_classes", "db_limit"):
+                        keyed["data"].pop(k)
+                    key = digest({"stage": self.name, "config": keyed, "dataset": ds_name,
+                                  "data": plan.fingerprints[ds_name]})
+                    out.append(Node(self.name, key, f"pretrain {ds_name}/{backbone}/s{seed}",
+                                    {"dataset": ds_name, "backbone": backbone, "seed": seed}, cfg))
+        return out
+
+    def run(self, node: Node, files: NodeFiles, progress: Progress) -> dict:
+        from workloads.train import pretrain
+
+        return trained(node, files, progress,
+                       lambda path, on_epoch: pretrain(node.config, path, progress=False, on_epoch=on_epoch))
+
+    def passes(self, node: Node, counts: dict[str, int]) -> float:
+        return (node.config.pretrain.epochs * counts["train_source"] * Passes.TRAIN
+                + counts["test_source"] * Passes.FORWARD)
+
+    def metrics(self, result: dict) -> dict[str, float]:
+        return training_metrics(result)
