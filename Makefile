@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo demo-full test test-fast mutants lint schema bench-rules bench-data gpu-check fmnist-source data clean
+.PHONY: install demo demo-full test test-fast mutants lint diagram schema bench-rules bench-data gpu-check fmnist-source data clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml Makefile
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+
+# docs/architecture.md's picture of the layers, drawn from the imports (a test checks it is current)
+diagram: install
+	$(BIN)/python tests/architecture.py
 
 # dags/schema.json, the JSON Schema editors check DAG files against, from the settings the code declares
 schema: install

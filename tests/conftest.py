@@ -36,7 +36,7 @@ def require(what: str, how: str) -> None:
 @pytest.fixture(scope="session")
 def fmnist_source() -> Path:
     """The folder of real Fashion-MNIST's IDX files, found where `harness data prepare fashion-mnist` looks."""
-    from workloads.datasets.sources.fashion_mnist import FashionMNIST
+    from workloads.datasets.adapters.fashion_mnist import FashionMNIST
     from workloads.errors import DataError
 
     try:

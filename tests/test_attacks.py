@@ -9,7 +9,15 @@ from datagen import write_fmnist
 from torch import nn
 
 import rules
-from workloads.attacks import ATTACKS, AttackContext, attack, attack_checkpoint, get_attack, gradient_cosine, validate
+from workloads.attacks import (
+    ATTACKS,
+    AttackContext,
+    attack,
+    attack_checkpoint,
+    check_attack,
+    get_attack,
+    gradient_cosine,
+)
 from workloads.checkpoint import Loaded, load_model
 from workloads.datasets import ShardReader, prepare
 from workloads.tasks import get_task
@@ -260,19 +268,19 @@ def test_attacking_some_images_gives_their_outcomes_of_a_run_on_all(models):
 
 def test_config_errors_come_before_compute():
     with pytest.raises(ValueError, match="eps 1.5 is outside"):
-        validate("pgd", "classification", "rule", [0.1, 1.5])
+        check_attack("pgd", "classification", "rule", [0.1, 1.5])
     with pytest.raises(ValueError, match="eps -0.1 is outside"):
-        validate("fgsm", "classification", "rule", [-0.1])
+        check_attack("fgsm", "classification", "rule", [-0.1])
     with pytest.raises(ValueError, match="gradient source 'sideways'"):
-        validate("pgd", "classification", "sideways", [0.1])
+        check_attack("pgd", "classification", "sideways", [0.1])
     with pytest.raises(ValueError, match="attack 'pgd' does not apply to a hashing model"):
-        validate("pgd", "hashing", "rule", [0.1])
+        check_attack("pgd", "hashing", "rule", [0.1])
     with pytest.raises(ValueError, match="attack 'hag' does not apply to a classification model"):
-        validate("hag", "classification", "rule", [0.1])
+        check_attack("hag", "classification", "rule", [0.1])
     with pytest.raises(ValueError, match="'boundary' queries outputs only"):
-        validate("boundary", "classification", "exact", [0.1])
+        check_attack("boundary", "classification", "exact", [0.1])
     with pytest.raises(ValueError, match="params: stepz: unknown key; allowed: steps, alpha_factor, random_start "
                                          r"\(did you mean 'steps'\?\)"):
-        validate("pgd", "classification", "rule", [0.1], {"stepz": 3})
+        check_attack("pgd", "classification", "rule", [0.1], {"stepz": 3})
     with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: apgd, autoattack, boundary"):
-        validate("cw2", "classification", "rule", [0.1])
+        check_attack("cw2", "classification", "rule", [0.1])

@@ -140,3 +140,27 @@ def test_smoke_dag_on_two_nodes_logging_to_an_mlflow_server(tmp_path, cluster, m
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
     assert sum(r.data.tags.get("harness.kind") == "node" for r in runs) == 22
+
+
+def test_a_plugin_from_outside_the_repository_runs_on_both_nodes(tmp_path, cluster):
+    """docs/extending.md's rule, from a package the cluster's nodes do not have on their path: the DAG names it in
+    `plugins`, the driver imports it, and Ray ships it to every worker with the job."""
+    from test_extending import with_path, write_package
+
+    address, env = cluster
+    ext = write_package(tmp_path / "ext")
+    write_fmnist(tmp_path / "src", n_train=160, n_test=60)
+    prepare("fashion-mnist", tmp_path / "fm", src=tmp_path / "src")
+    sets = [f"datasets.fashion-mnist.root={tmp_path / 'fm'}", "plugins=[my_ext.scf]", "rules=[bp,scf]",
+            "tasks={classification: {}}", "attacks=[{name: fgsm, sources: [rule, exact], eps: [0, 0.1], n: 8}]"]
+    run = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(ROOT / "dags" / "smoke.yaml"), "--address", address,
+         *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "out"), "--no-report"],
+        cwd=tmp_path, env=with_path(ext, env), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[ray] shipping plugins to the workers" in run.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "store").glob("*/*/result.json")]
+    assert len(records) == 1 + 2 + 2 + 4
+    assert len({r["where"]["ray_node_id"] for r in records}) == 2, "trials should run on both nodes"
+    scf = [r for r in records if r["node"]["axes"].get("rule") == "scf" and r["node"]["stage"] == "finetune"]
+    assert len(scf) == 1 and scf[0]["result"]["metrics"]["n"] > 0

@@ -42,7 +42,7 @@ def test_shipped_dags_validate(dag):
 
 
 def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
-    from harness.planning.cost import dataset_sizes, estimate
+    from harness.planning.cost import cost_by_stage, dataset_sizes
 
     dag = load_dag(ROOT / "dags" / "paper-classification.yaml",
                    [f"datasets.{d}.root={tmp_path / d}" for d in ("cifar10", "imagenet")])
@@ -53,7 +53,7 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     epochs = {n.axes["dataset"]: n.config.finetune.epochs for n in nodes if n.stage == "finetune"}
     assert epochs == {"cifar10": 20, "imagenet": 10}  # the per-dataset override of the paper's protocol
     sizes, sides = dataset_sizes(dag.config, dag.path)
-    cost = estimate(nodes, sizes, sides, 1e14)
+    cost = cost_by_stage(nodes, sizes, sides, 1e14)
     # ImageNet fine-tuning dominates; AlexNet/VGG/ResNet at 224 px cost what their FLOPs say
     assert cost["finetune"]["pflop"] > cost["attack"]["pflop"] > cost["evaluate"]["pflop"] > 0
     assert cost["finetune"]["hours"] == pytest.approx(cost["finetune"]["pflop"] * 1e15 / 1e14 / 3600)
@@ -237,3 +237,14 @@ def test_a_dataset_sets_its_own_task_options_and_only_for_tasks_the_dag_trains(t
             "datasets": {"fm": {"root": "data/fm", "tasks": {"hashing": {"topk": 10}}}}}
     with pytest.raises(ConfigError, match=r"datasets\.fm\.tasks\.hashing: this DAG does not train 'hashing'"):
         load_dag(_write(tmp_path, spec))
+
+
+def test_the_node_keys_of_the_default_dag_are_pinned():
+    """A node's key names its result in every run store there is: a change of how nodes are planned or typed must
+    not change one. tests/default_keys.json holds the keys the planner gave before harness/ was in rooms (its
+    dataset not prepared: a manifest would add its own hash)."""
+    import json
+
+    pinned = json.loads((ROOT / "tests" / "default_keys.json").read_text())
+    dag = load_dag(ROOT / "dags" / "default.yaml", ["datasets.fashion-mnist.root=/nonexistent/fashion-mnist"])
+    assert {n.label: n.key for n in build_plan(dag, require_data=False)} == pinned

@@ -20,8 +20,8 @@ from datagen import (
 )
 
 from workloads.datasets import DataError, ShardReader, load_manifest, prepare
+from workloads.datasets.adapters.fashion_mnist import FashionMNIST, read_idx
 from workloads.datasets.codec import encode_png
-from workloads.datasets.sources.fashion_mnist import FashionMNIST, read_idx
 
 
 def read_all(root, split, **kw):

@@ -41,8 +41,15 @@ def write_npz(folder: Path, n_train: int = 60, n_test: int = 30) -> Path:
     return folder
 
 
+def with_path(ext: Path, env: dict | None = None) -> dict:
+    """The environment with `ext` first on PYTHONPATH (the user's package is importable; nothing else moves)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ext), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def harness(*args: str, cwd: Path, ext: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ext)}
+    env = with_path(ext)
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -71,7 +78,7 @@ CHECK = r'''
 import sys
 import torch
 import rules
-from harness.planning.cost import dataset_sizes, estimate
+from harness.planning.cost import cost_by_stage, dataset_sizes
 from harness.planning.dag import json_schema, load_dag
 from harness.planning.plan import build_plan
 from harness.stages import STAGES
@@ -103,7 +110,7 @@ count = {s: sum(n.stage == s for n in nodes) for s in ("finetune", "calibration"
 assert count == {"finetune": 4, "calibration": 4, "attack": 16}, count
 assert {n.axes["task"] for n in nodes if n.stage == "calibration"} == {"classification", "smoothed"}
 sizes, sides = dataset_sizes(dag.config, dag.path)
-cost = estimate(nodes, sizes, sides, None)
+cost = cost_by_stage(nodes, sizes, sides, None)
 assert cost["calibration"]["nodes"] == 4 and cost["calibration"]["pflop"] > 0
 assert list(cost).index("calibration") < list(cost).index("attack")  # its level runs before the attacks
 schema = json_schema()
@@ -149,7 +156,7 @@ def extended(tmp_path_factory):
 def test_the_documented_extensions_are_one_file_each_and_plug_in(extended):
     work, ext = extended
     done = subprocess.run([sys.executable, "-c", f"DAG = {str(work / 'dag.yaml')!r}\n{CHECK}"], cwd=work,
-                          env={**os.environ, "PYTHONPATH": str(ext)}, capture_output=True, text=True, timeout=600)
+                          env=with_path(ext), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "EXTENDED OK" in done.stdout, done.stderr[-4000:]
     schema = harness("--plugin", "my_ext.scf", "schema", "--out", str(work / "schema.json"), cwd=work, ext=ext)
     assert schema.returncode == 0 and '"scf"' in (work / "schema.json").read_text(), schema.stderr[-2000:]

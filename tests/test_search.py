@@ -17,7 +17,7 @@ from harness.planning.dag import load_dag
 from harness.planning.plan import build_plan
 from harness.search import SEARCHED, Trial, choose
 from workloads.datasets import ShardReader, prepare
-from workloads.datasets.sources.fashion_mnist import FashionMNIST, read_idx
+from workloads.datasets.adapters.fashion_mnist import FashionMNIST, read_idx
 from workloads.errors import ConfigError, DataError, TrialError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,9 @@ def test_finetune_by_cell_sets_only_the_matching_cells(tmp_path, shards):
                                  "*/*/*/frsf": {"lr_head": 1e-3, "weight_decay": 0.0}}}
     tuned = {n.label: n for n in build_plan(_dag(tmp_path, shards, over))}
     cls = "finetune fashion-mnist/resnet18/classification/frsf/s0"
+    # the specific pattern wins over '*'
     assert tuned[cls].config.finetune.model_dump() == {**plain[cls].config.finetune.model_dump(), "lr_head": 3e-4,
-                                                        "epochs": 3, "weight_decay": 0.0}  # the specific pattern wins over '*'
+                                                        "epochs": 3, "weight_decay": 0.0}
     hashing = "finetune fashion-mnist/resnet18/hashing/frsf/s0"
     assert tuned[hashing].config.finetune.lr_head == 1e-3
     changed = {label for label, n in tuned.items() if n.key != plain[label].key}

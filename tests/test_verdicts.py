@@ -417,7 +417,7 @@ def test_a_cells_line_and_every_checks_numbers_read_exactly_so():
         "(n=200), most breaks by pgd/exact 180, pgd/transfer 176, hsja/none 100; its own gradient says 55.0% "
         "(overstated by 55.0%); bp on the same attacks and images 0.0% [0.0%, 1.9%] (n=200) (Holm-adjusted "
         "p=2.66e-87, margin 0.05); signs of obfuscation: rule gradient above exact, transfer or black-box stronger.")
-    assert [(c.name, c.passed, c.kind, c.detail) for c in cell.checks] == [
+    assert [(c.name, c.passed, c.purpose, c.detail) for c in cell.checks] == [
         ("bp gradients agree", True, "sanity", "0 of 200 outcomes differ between bp's rule and exact attacks; "
                                                "cosine 1.000000"),
         ("exact gradient not weaker", True, "sanity",

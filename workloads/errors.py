@@ -34,6 +34,15 @@ class CheckpointError(InputError):
     """A checkpoint that does not exist, is not ours, or cannot be read safely."""
 
 
+class Invalid(ValueError):
+    """Raised by a settings section's own checks, inside validation: `key` (relative to the section, e.g. "sources")
+    is where it points. `workloads.settings.validate` turns it into a ConfigError naming the file and the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class DivergenceError(HarnessError):
     """The loss became NaN or infinite; nothing was saved."""
 

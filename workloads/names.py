@@ -1,4 +1,4 @@
-"""Names shared by the stages, the tracking, the report and the tests: stages, grid axes, metrics.
+"""Names shared by the stages, the tracking, the report and the tests: grid axes, metrics, units of work.
 
 A metric name is a key of a stage's result and, in MLflow, a metric of the node's run (`robust_acc/eps_0.1` for
 an attack's rows). The names are plain strings (not Enum members): they go into checkpoints, which load with
@@ -7,16 +7,6 @@ an attack's rows). The names are plain strings (not Enum members): they go into 
 
 from __future__ import annotations
 
-
-class Stage:
-    PRETRAIN = "pretrain"
-    FINETUNE = "finetune"
-    EVALUATE = "evaluate"
-    ATTACK = "attack"
-    CONVERGE = "converge"  # the strongest exact attack again, on the images every attack left robust
-
-
-STAGES = (Stage.PRETRAIN, Stage.FINETUNE, Stage.EVALUATE, Stage.ATTACK, Stage.CONVERGE)  # the order they run in
 
 class Passes:
     """Units of work, in forward-equivalent image passes: what `harness plan` counts a grid's cost in."""

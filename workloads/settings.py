@@ -38,15 +38,7 @@ class Section(BaseModel):
         return {} if data is None else data  # `classification:` with nothing after it, in YAML
 
 
-class Invalid(ValueError):
-    """Raised by a section's own checks: `key` (relative to the section, e.g. "sources") is where it points."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class Kind:
+class UnionTag:
     """Annotated metadata naming what a union's tag selects (`unknown attack 'pgdd'` rather than `unknown tag`)."""
 
     def __init__(self, kind: str, plural: str) -> None:
@@ -74,12 +66,12 @@ def describe(model: type, error: dict) -> str:
         about = info.description.removeprefix("Required: ") if info is not None and info.description else ""
         return f"{path}: required" + (f": {about}" if about else "")
     if kind == "literal_error":
-        allowed = [str(a) for a in typing.get_args(_bare(at)[0])]
+        allowed = [str(a) for a in typing.get_args(unwrap(at)[0])]
         return f"{path}: unknown name {value!r}; allowed: {', '.join(allowed)}{did_you_mean(value, allowed)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        bare, meta = _bare(at)
+        bare, meta = unwrap(at)
         tags = sorted(t for m in _members(bare) for t in _tags(m))
-        name = next((m for m in meta if isinstance(m, Kind)), Kind("name", "names"))
+        name = next((m for m in meta if isinstance(m, UnionTag)), UnionTag("name", "names"))
         key = f"{path}.{ctx['discriminator'].strip(chr(39))}"
         if kind == "union_tag_not_found":
             return f"{key}: required: one of {', '.join(tags)}"
@@ -107,17 +99,17 @@ def _walk(model: type, loc: tuple) -> tuple[str, Any, Any]:
     """(the key as written, the type at `loc`, the type holding it), stepping over discriminated-union tags."""
     path, t, parent = "", model, None
     for part in loc:
-        bare, _ = _bare(t)
+        bare, _ = unwrap(t)
         members = _members(bare)
         if isinstance(part, str) and len(members) > 1 and any(part in _tags(m) for m in members):
             t = next(m for m in members if part in _tags(m))  # a union tag: not a key the user wrote
             continue
         parent, t = t, _child(bare, part)
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path, t, _bare(parent)[0] if parent is not None else None
+    return path, t, unwrap(parent)[0] if parent is not None else None
 
 
-def _bare(t: Any) -> tuple[Any, list]:
+def unwrap(t: Any) -> tuple[Any, list]:
     """`t` without Annotated and None-unions, and the Annotated metadata it carried."""
     meta: list = []
     while True:
@@ -137,8 +129,8 @@ def _members(t: Any) -> list:
 
 
 def _tags(t: Any) -> list[str]:
-    info = _fields(_bare(t)[0]).get("name")
-    bare = _bare(info.annotation)[0] if info is not None else None
+    info = _fields(unwrap(t)[0]).get("name")
+    bare = unwrap(info.annotation)[0] if info is not None else None
     return [str(a) for a in typing.get_args(bare)] if typing.get_origin(bare) is Literal else []
 
 
@@ -147,7 +139,7 @@ def _child(t: Any, part: Any) -> Any:
         info = t.model_fields.get(part)
         if info is None:
             return None
-        # pydantic keeps a field's Annotated metadata (a union's Kind) apart from its annotation
+        # pydantic keeps a field's Annotated metadata (a union's UnionTag) apart from its annotation
         return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
     args = typing.get_args(t)
     if typing.get_origin(t) is list and args:

@@ -65,7 +65,7 @@ def train_step(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer, x
 
 def train_epochs(model: torch.nn.Module, task: Task, reader: ShardReader, opt: torch.optim.Optimizer, epochs: int,
                  stage: str, device: torch.device, progress: bool, on_epoch: Callable[[int, dict], None] | None,
-                 validate: Callable[[], dict] | None = None) -> list:
+                 score_heldout: Callable[[], dict] | None = None) -> list:
     history = []
     for epoch in range(epochs):
         reader.set_epoch(epoch)
@@ -81,8 +81,8 @@ def train_epochs(model: torch.nn.Module, task: Task, reader: ShardReader, opt: t
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{total / n:.4f}")
         row = {"epoch": epoch, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0, "samples": n}
-        if validate is not None:
-            row.update(validate())
+        if score_heldout is not None:
+            row.update(score_heldout())
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
@@ -152,9 +152,9 @@ def finetune_model(pretrained: str | Path | None, rule: str, config: dict | Stag
     train_split, _, _ = split_names(manifest)
     part = "fit" if validation > 0 else "all"
     reader = make_reader(cfg, train_split, classes, cfg.data.train_limit, True, f.batch_size, seed, validation, part)
-    validate = _validator(cfg, task, model, device, validation) if validation > 0 else None
+    heldout = _heldout_scorer(cfg, task, model, device, validation) if validation > 0 else None
     history = train_epochs(model, task, reader, opt, f.epochs, f"finetune[{rule}]", device, progress, on_epoch,
-                           validate)
+                           heldout)
     ckpt = {
         "kind": "finetune", "rule": rule, "config": cfg.model_dump(),
         "pretrained": str(pretrained) if pretrained else None,
@@ -164,7 +164,7 @@ def finetune_model(pretrained: str | Path | None, rule: str, config: dict | Stag
     return Loaded(model, handle, task, cfg, ckpt)
 
 
-def _validator(cfg: StageConfig, task: Task, model: torch.nn.Module, device: torch.device,
+def _heldout_scorer(cfg: StageConfig, task: Task, model: torch.nn.Module, device: torch.device,
                fraction: float) -> Callable[[], dict]:
     """Scores the model on the held-out part of the training split (hashing: against the fit part as database)."""
     data, seed = cfg.data, cfg.seed
@@ -179,8 +179,8 @@ def _validator(cfg: StageConfig, task: Task, model: torch.nn.Module, device: tor
                          fraction, "fit")
     scored = EvalMode(model, device)
 
-    def validate() -> dict:
+    def score() -> dict:
         metrics = task.evaluate(scored, held, db)
         return {f"val_{task.metric}": metrics[task.metric]}
 
-    return validate
+    return score

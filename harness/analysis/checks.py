@@ -41,7 +41,7 @@ class Check:
     name: str
     passed: bool | None  # None: the attacks it needs did not run
     detail: str
-    kind: str = SANITY  # sanity (failed: invalid), convergence (failed: not converged), sign (of obfuscation)
+    purpose: str = SANITY  # sanity (failed: invalid), convergence (failed: not converged), sign (of obfuscation)
 
 
 # ---- sanity checks: a cell that fails one is invalid -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 
 import polars as pl
@@ -20,6 +21,9 @@ from harness.stages.attack import OUTCOMES
 from harness.stages.tables import kind_of
 from workloads.errors import InputError, ServiceError
 from workloads.names import AXES
+
+# a report downloads an artifact or two per node: MLflow's progress bar for each would bury the report's own lines
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:

@@ -125,8 +125,8 @@ def decide(cells: list[Cell], settings: VerdictSettings) -> list[Cell]:
             adjusted[(i, family)] = p
     for i, c in enumerate(cells):
         holds = {f: adjusted.get((i, f), 1.0) < stats.ALPHA for f in (BEYOND, OBFUSCATION, NO_GAIN)}
-        failed = [ch for ch in c.checks if ch.kind == SANITY and ch.passed is False]
-        unconverged = [ch for ch in c.checks if ch.kind == CONVERGENCE and ch.passed is False]
+        failed = [ch for ch in c.checks if ch.purpose == SANITY and ch.passed is False]
+        unconverged = [ch for ch in c.checks if ch.purpose == CONVERGENCE and ch.passed is False]
         if c.is_baseline:
             c.verdict = "baseline"
         elif failed:
@@ -161,7 +161,7 @@ def _line(c: Cell, failed: list[Check], p: dict, settings: VerdictSettings) -> s
     decided = {BEYOND: BEYOND, OBFUSCATION: OBFUSCATION, NO_GAIN: NO_GAIN}.get(c.verdict)
     if decided and p.get(decided) is not None:
         text += f" (Holm-adjusted p={p[decided]:.3g}, margin {settings.delta:g})"
-    signs = [ch.name for ch in c.checks if ch.kind == SIGN and ch.passed]
+    signs = [ch.name for ch in c.checks if ch.purpose == SIGN and ch.passed]
     if signs:
         text += "; signs of obfuscation: " + ", ".join(signs)
     if c.verdict == INCONCLUSIVE and c.needed:
@@ -202,7 +202,7 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
                "worst_hi": c.worst.interval[1], "n": c.worst.n, "broken_by": c.broken_by,
                "own_gradient": c.own.value if c.own else None,
                f"{baseline}_worst": c.bp_worst.value if c.bp_worst else None}
-        row.update({ch.name: {True: "yes", False: "no", None: "n/a"}[ch.passed] if ch.kind == SIGN else
+        row.update({ch.name: {True: "yes", False: "no", None: "n/a"}[ch.passed] if ch.purpose == SIGN else
                     {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] for ch in c.checks})
         rows.append(row)
     lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells)

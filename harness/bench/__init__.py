@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workloads.files import atomic_write_text
 from workloads.settings import Section
 
 NAMES = ("rules", "data", "train", "attacks", "noop", "gpu")  # the order `harness bench --help` lists them in
@@ -36,15 +37,22 @@ class Bench:
     """More argparse keywords for a field (see harness/commands/flags.py)."""
 
 
+class Timed(Section):
+    """The settings of every benchmark that times the rules against a baseline in interleaved rounds."""
+
+    rules: list[str] | None = None
+    """Comma list (default: every registered rule)."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    seed: int = 0
+
+
 def get(name: str) -> Bench:
     return importlib.import_module(f"harness.bench.{name}").BENCH
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(result, indent=2) + "\n")
-    return p
+    return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def chosen_rules(requested: list[str] | None) -> list[str]:

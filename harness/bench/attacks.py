@@ -22,11 +22,10 @@ import torchattacks
 from pydantic import Field
 
 import rules
-from harness.bench import Bench, chosen_rules
+from harness.bench import Bench, Timed, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
 from workloads.checkpoint import Loaded
-from workloads.settings import Section
 from workloads.tasks import get_task
 
 
@@ -64,7 +63,7 @@ def _input_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -
     return step
 
 
-class Settings(Section):
+class Settings(Timed):
     backbone: str = "resnet18"
     image_size: Annotated[int, Field(ge=1)] = 32
     batch_size: Annotated[int, Field(ge=1)] = 64
@@ -73,13 +72,8 @@ class Settings(Section):
     steps: Annotated[int, Field(ge=1)] = 5
     """PGD steps."""
     eps: float = 0.05
-    rules: list[str] | None = None
-    """Comma list (default: every registered rule)."""
     rounds: Annotated[int, Field(ge=1)] = 10
     """Interleaved timing rounds."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    seed: int = 0
     out: str = "results/bench/attacks.json"
     """JSON output."""
 

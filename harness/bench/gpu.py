@@ -21,10 +21,10 @@ import torch
 from pydantic import Field
 
 import rules
-from harness.bench import Bench, chosen_rules
+from harness.bench import Bench, Timed, chosen_rules
 from harness.bench.rules import Case, _device_name, bench_case
 from harness.bench.timing import interleaved_medians, paired_ratio
-from workloads.settings import Section
+from workloads.files import atomic_write_text
 
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing measured, nothing written"
 
@@ -61,7 +61,7 @@ def _attack_runs(kind: str, rule_names: list[str], device: torch.device, image_s
     return runs
 
 
-class Settings(Section):
+class Settings(Timed):
     image_size: Annotated[int, Field(ge=1)] = 224
     batch_size: Annotated[int, Field(ge=1)] = 128
     """Training and input-gradient steps (the paper's)."""
@@ -69,13 +69,10 @@ class Settings(Section):
     """Images per attack run."""
     steps: Annotated[int, Field(ge=1)] = 10
     """PGD and SDHA steps."""
-    rules: list[str] | None = None
-    """Comma list (default: every registered rule)."""
     rounds: Annotated[int, Field(ge=1)] = 10
     """Interleaved timing rounds."""
     device: str = "cuda"
     """cuda, cuda:1, ... (cpu runs the same code at toy sizes, as the tests do)."""
-    seed: int = 0
     out: str = "results/bench/gpu.md"
     """Markdown output (the JSON goes beside it)."""
 
@@ -128,10 +125,7 @@ def format_table(result: dict | None) -> str:
 
 
 def write_markdown(result: dict, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(format_table(result) + "\n")
-    return p
+    return atomic_write_text(path, format_table(result) + "\n")
 
 
 BENCH = Bench(

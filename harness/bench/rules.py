@@ -26,10 +26,9 @@ from pydantic import Field
 from torch import nn
 
 import rules
-from harness.bench import Bench, chosen_rules
+from harness.bench import Bench, Timed, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from rules.streams import UniformStream
-from workloads.settings import Section
 
 # Sizes that finish on a 2-core CPU; the GPU preset is the paper's (224 px, batch 128). ResNet-18 at batch 256 is
 # the step size the README's cost targets are stated for (results/bench/NOTES.md). Smaller steps show more of the
@@ -171,23 +170,18 @@ def _progress(log: Callable[[str], None], label: str, what: str) -> Callable[[in
     return report
 
 
-class Settings(Section):
+class Settings(Timed):
     backbones: list[str] = ["resnet18"]
     """Comma list: resnet18, alexnet, vgg16, any torchvision classification model."""
-    rules: list[str] | None = None
-    """Comma list (default: every registered rule)."""
     image_size: Annotated[int | None, Field(ge=1)] = None
     """Override the per-backbone image size."""
     batch_size: Annotated[int | None, Field(ge=1)] = None
     """Override the per-backbone batch size."""
-    seed: int = 0
     control: bool = False
     """Also time a control that only overwrites a weight-sized B at every pass (no random numbers, no read of W):
     the least brsf, which redraws B every pass, can cost here."""
     rounds: Annotated[int, Field(ge=1)] = 30
     """Interleaved timing rounds."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
     out: str = "results/bench/rules.json"
     """JSON output."""
 

@@ -16,13 +16,13 @@ import torch
 from pydantic import Field
 
 import rules
-from harness.bench import Bench, chosen_rules
+from harness.bench import Bench, Timed, chosen_rules
 from harness.bench.timing import interleaved_medians, paired_ratio
 from workloads import backbones
 from workloads.config import stage_config
 from workloads.datasets import load_manifest
 from workloads.inputs import make_reader
-from workloads.settings import Section, resolve_device
+from workloads.settings import resolve_device
 from workloads.tasks import get_task
 from workloads.train import train_step
 
@@ -35,7 +35,7 @@ def _cycle(reader) -> Iterator:
         epoch += 1
 
 
-class Settings(Section):
+class Settings(Timed):
     folder: str = "data/fashion-mnist"
     """Prepared shards."""
     backbone: str = "resnet18"
@@ -45,13 +45,8 @@ class Settings(Section):
     batch_size: Annotated[int, Field(ge=1)] = 256
     """The ResNet-18 step size `bench rules` uses on a CPU."""
     steps_per_round: Annotated[int, Field(ge=1)] = 3
-    rules: list[str] | None = None
-    """Comma list (default: every registered rule)."""
     rounds: Annotated[int, Field(ge=1)] = 15
     """Interleaved timing rounds."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    seed: int = 0
     out: str = "results/bench/train.json"
     """JSON output (`harness plan` estimates hours from it)."""
 

@@ -14,7 +14,7 @@ from harness.commands.flags import add_flags
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    from workloads.datasets import available_sources, get_source
+    from workloads.datasets import available_adapters, get_adapter
 
     which = p.add_subparsers(dest="data", required=True, metavar="{prepare,locate,info,list}")
     prep = which.add_parser(
@@ -31,8 +31,8 @@ def add(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--download", action="store_true", help="let torchvision download the source if it is missing")
     prep.add_argument("--force", action="store_true", help="rewrite the shards even if the source is unchanged")
     seen: set[str] = set()
-    for name in available_sources():  # each adapter's own options; a name two adapters share is one flag
-        options = get_source(name).Options
+    for name in available_adapters():  # each adapter's own options; a name two adapters share is one flag
+        options = get_adapter(name).Options
         add_flags(prep, options, skip=seen, note=f"{name}: ")
         seen |= set(options.model_fields)
     loc = which.add_parser("locate", help="print where a dataset adapter finds its source data, or how to get it",
@@ -52,11 +52,11 @@ def main(args: argparse.Namespace) -> int:
     from workloads.settings import validate
 
     if args.data == "list":
-        for name in datasets.available_sources():
-            print(f"{name:<14} {datasets.get_source(name).description}")
+        for name in datasets.available_adapters():
+            print(f"{name:<14} {datasets.get_adapter(name).description}")
         return 0
     if args.data == "locate":
-        print(datasets.get_source(args.name)(src=args.src).locate())
+        print(datasets.get_adapter(args.name)(src=args.src).locate())
         return 0
     if args.data == "info":
         from workloads.datasets.manifest import check_shard_files
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         print(describe(m))
         print("shards: all present" + (", checksums match" if args.deep else " with the sizes the manifest lists"))
         return 0
-    source = datasets.get_source(args.name)
+    source = datasets.get_adapter(args.name)
     given = {k: getattr(args, k) for k in vars(args) if k in _all_options()}
     foreign = sorted(set(given) - set(source.Options.model_fields))
     if foreign:
@@ -88,6 +88,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _all_options() -> set[str]:
-    from workloads.datasets import available_sources, get_source
+    from workloads.datasets import available_adapters, get_adapter
 
-    return {k for name in available_sources() for k in get_source(name).Options.model_fields}
+    return {k for name in available_adapters() for k in get_adapter(name).Options.model_fields}

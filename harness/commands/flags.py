@@ -11,41 +11,27 @@ A flag not given is absent from `args` (argparse.SUPPRESS), so the model's defau
 from __future__ import annotations
 
 import argparse
-import types
 import typing
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-from workloads.settings import validate
+from workloads import settings
 
 
 def csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _bare(annotation: Any) -> Any:
-    """The annotation without Annotated and a None option."""
-    while True:
-        if typing.get_origin(annotation) is Annotated:
-            annotation = annotation.__origin__
-            continue
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-            annotation = args[0]
-            continue
-        return annotation
-
-
 def _scalar(annotation: Any) -> type:
-    bare = _bare(annotation)
+    bare = settings.unwrap(annotation)[0]
     if typing.get_origin(bare) is typing.Literal:
         return type(typing.get_args(bare)[0])
     return bare if bare in (int, float, str, bool) else str
 
 
 def _converter(annotation: Any):
-    bare = _bare(annotation)
+    bare = settings.unwrap(annotation)[0]
     if typing.get_origin(bare) is list:
         item = _scalar(typing.get_args(bare)[0]) if typing.get_args(bare) else str
         return lambda text: [item(v) for v in csv(text)]
@@ -80,7 +66,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: 
             parser.add_argument(name, nargs="?", type=_converter(info.annotation), **kwargs)
             continue
         flags = spelled or (names or {}).get(name) or (f"--{name.replace('_', '-')}",)
-        if _bare(info.annotation) is bool:
+        if settings.unwrap(info.annotation)[0] is bool:
             kwargs.setdefault("action", argparse.BooleanOptionalAction if info.default else "store_true")
         elif "action" not in kwargs:
             kwargs["type"] = _converter(info.annotation)
@@ -95,4 +81,4 @@ def given(args: argparse.Namespace, model: type[BaseModel]) -> dict:
 
 def from_flags(args: argparse.Namespace, model: type[BaseModel], where: str, **more: Any) -> BaseModel:
     """The flags given for `model` (and `more`), validated by it."""
-    return validate(model, {**given(args, model), **more}, where)
+    return settings.validate(model, {**given(args, model), **more}, where)

@@ -1,4 +1,9 @@
-"""`harness plan DAG`: the nodes a DAG needs per stage, how many the store has, and what the rest costs."""
+"""`harness plan DAG`: counts the stage nodes of a DAG (the trainings are the minimum the grid needs: one
+pretraining per dataset x backbone x seed, one fine-tuning per task x rule on top), how many are already in the
+artifact store, and estimates the compute: counted image passes weighted by each backbone's FLOPs, at the rate
+`harness bench train` measured here or at --tflops (README, "What a grid costs"). Works before the data is
+prepared when the DAG gives `sizes` hints.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,7 @@ from harness.commands.common import dag_args
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.description = ("Counts the stage nodes of a DAG (the trainings are the minimum the grid needs: one pretraining "
-                     "per dataset x backbone x seed, one fine-tuning per task x rule on top), how many are already in "
-                     "the artifact store, and estimates the compute: counted image passes weighted by each "
-                     "backbone's FLOPs, at the rate `harness bench train` measured here or at --tflops (see README, "
-                     "'What a grid costs'). Works before the data is prepared when the DAG gives `sizes` hints.")
+    p.description = __doc__
     dag_args(p)
     p.add_argument("--tflops", type=float, default=None,
                    help="effective training rate in TFLOP/s to estimate hours with (e.g. measured on your GPU)")
@@ -21,7 +22,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from harness.execution.store import ArtifactStore
-    from harness.planning.cost import dataset_sizes, estimate, measured_rate
+    from harness.planning.cost import cost_by_stage, dataset_sizes, measured_rate
     from harness.planning.dag import load_dag
     from harness.planning.plan import build_plan
     from harness.stages import STAGES, ordered
@@ -34,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         rate, source = measured_rate() or (None, "no measured rate (run `harness bench train`)")
     sizes, sides = dataset_sizes(dag.config, dag.path)
-    cost = estimate(nodes, sizes, sides, rate)
+    cost = cost_by_stage(nodes, sizes, sides, rate)
     print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
     print(f"{'stage':<10} {'nodes':>7} {'cached':>7} {'to run':>7} {'PFLOP':>10} {'hours':>9}")
     total_h = 0.0

@@ -1,4 +1,6 @@
-"""`harness report EXPERIMENT`: the tables and figures of an experiment, read from its MLflow store."""
+"""`harness report EXPERIMENT`: reads the experiment's finished runs from MLflow into polars and writes
+results/EXPERIMENT/ (CSV, Markdown, PNG, README.md); prints the main tables.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ from harness.commands.common import store_args
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.description = ("Reads the experiment's finished runs from MLflow into polars and writes results/EXPERIMENT/ "
-                     "(CSV, Markdown, PNG, README.md); prints the main tables.")
+    p.description = __doc__
     store_args(p)
     p.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")
 

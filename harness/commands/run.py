@@ -1,6 +1,8 @@
-"""`harness run DAG`: every node the DAG needs on Ray Tune, logged to MLflow, then the report.
-
-A run whose inputs are unchanged since the last complete one answers at once (harness/execution/unchanged.py).
+"""`harness run DAG`: runs every stage node of the DAG that is not already in the artifact store, one Ray Tune run
+per stage level, logs one MLflow child run per node under one parent run, then writes the report. Run it again
+after an interruption: finished nodes are skipped; a run whose inputs are unchanged since the last complete one
+answers at once. Bad input (the DAG, missing data, an unreachable Ray cluster or MLflow server) is reported before
+any compute; exit codes in `harness --help`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,7 @@ from harness.commands.common import dag_args, log, services
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.description = ("Runs every stage node of the DAG that is not already in the artifact store, one Ray Tune run "
-                     "per stage level, logs one MLflow child run per node under one parent run, then writes the "
-                     "report. Run it again after an interruption: finished nodes are skipped. Bad input (the DAG, "
-                     "missing data, an unreachable Ray cluster or MLflow server) is reported before any compute; "
-                     "exit codes in `harness --help`.")
+    p.description = __doc__
     dag_args(p)
     services(p)
     p.add_argument("--results", default=None, help="report folder (default: results/EXPERIMENT)")

@@ -1,4 +1,7 @@
-"""`harness schema`: dags/schema.json, the JSON Schema editors check DAG files against (plugins included)."""
+"""`harness schema`: writes the JSON Schema of a DAG file, generated from the settings each stage, task, attack and
+registry declares (with --plugin, yours too). DAG files point at it with a first line
+`# yaml-language-server: $schema=schema.json` (the YAML language server: VS Code, Neovim, ...).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "dags" / "schema.json"
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.description = ("Writes the JSON Schema of a DAG file, generated from the settings each stage, task, attack and "
-                     "registry declares (with --plugin, yours too). DAG files point at it with a first line "
-                     "`# yaml-language-server: $schema=schema.json` (the YAML language server: VS Code, Neovim, ...).")
+    p.description = __doc__
     p.add_argument("--out", default=str(SCHEMA), help="where to write it (default: dags/schema.json)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 2 if the file is not current")
 

@@ -1,5 +1,9 @@
-"""`harness search DAG`: hyper-parameter search for fine-tuning, per rule, on one cell of the DAG (harness/search.py).
-Its flags are `SearchSettings`' fields."""
+"""`harness search DAG`: searches lr_backbone, lr_head, weight_decay and epochs for each rule on one cell of the
+DAG (dataset x backbone x task; the first of each unless named), scoring every epoch on a held-out part of the
+training split and stopping poor trials early with ASHA (harness/search.py). The DAG's own setting is scored too and
+kept unless a trial beats it. Writes the winners as a DAG override file (use it with `harness run DAG --overrides
+FILE`), a figure of the validation curves, and one MLflow parent run with a child per trial.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,7 @@ from harness.commands.flags import add_flags, from_flags
 def add(p: argparse.ArgumentParser) -> None:
     from harness.search import SearchSettings
 
-    p.description = ("Searches lr_backbone, lr_head, weight_decay and epochs for each rule on one cell of the DAG "
-                     "(dataset x backbone x task; the first of each unless named), scoring every epoch on a held-out "
-                     "part of the training split and stopping poor trials early with ASHA. The DAG's own setting is "
-                     "scored too and kept unless a trial beats it. Writes the winners as a DAG override file (use it "
-                     "with `harness run DAG --overrides FILE`), a figure of the validation curves, and one MLflow "
-                     "parent run with a child per trial.")
+    p.description = __doc__
     dag_args(p)
     services(p)
     add_flags(p, SearchSettings)

@@ -1,4 +1,7 @@
-"""`harness ui EXPERIMENT`: the MLflow UI on an experiment's store, on 127.0.0.1 unless told otherwise."""
+"""`harness ui EXPERIMENT`: starts `mlflow ui` on the experiment's store (default: runs/EXPERIMENT/mlflow.db) on
+127.0.0.1 unless told otherwise, waits until it answers, prints the experiment's address and one comparing the
+fine-tuning runs of its latest run, and serves until Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ from harness.commands.common import store_args
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.description = ("Starts `mlflow ui` on the experiment's store (default: runs/EXPERIMENT/mlflow.db), waits until "
-                     "it answers, prints the experiment's address and one comparing the fine-tuning runs of its "
-                     "latest run, and serves until Ctrl-C.")
+    p.description = __doc__
     store_args(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, this machine "
                    "only; 0.0.0.0 exposes the UI to the network)")

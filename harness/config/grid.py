@@ -22,7 +22,8 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from harness.config.trials import TrialSettings
 from harness.config.verdicts import VerdictSettings
 from workloads.datasets.options import DataOptions
-from workloads.settings import Device, Invalid, Section, Seed
+from workloads.errors import Invalid
+from workloads.settings import Device, Section, Seed
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 

@@ -119,7 +119,7 @@ def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str
     return sizes, sides
 
 
-def estimate(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int],
+def cost_by_stage(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int],
              rate_flops: float | None) -> dict[str, dict]:
     """Per stage, in the order they run: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
     from workloads import backbones

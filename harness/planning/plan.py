@@ -17,7 +17,7 @@ from harness.stages import Node, Plan, ordered
 from workloads.errors import DataError
 
 
-def fingerprint(root: str, where: str, name: str, require: bool = True) -> str:
+def data_digest(root: str, where: str, name: str, require: bool = True) -> str:
     """A prepared dataset's identity: the hash of its manifest ("unprepared" where there is none and `require` is
     off)."""
     manifest = Path(root) / "manifest.json"
@@ -37,9 +37,9 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
 
     With require_data=False a dataset that is not prepared yet still gets its nodes (for `harness plan`); their
     keys change once it is, so nothing is taken from the store for them."""
-    fingerprints = {name: fingerprint(ds.root, dag.path, name, require_data)
+    data_digests = {name: data_digest(ds.root, dag.path, name, require_data)
                     for name, ds in dag.config.datasets.items()}
-    plan = Plan(dag.config, dag.path, fingerprints)
+    plan = Plan(dag.config, dag.path, data_digests)
     for stage in ordered():
         plan.nodes += stage.nodes(plan)
     return plan.nodes

@@ -21,9 +21,9 @@ from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, T
 from harness.stages.tables import by_budget, in_order, of_kind, rule_order, sort_rules, task_axis
 from workloads.attacks import ATTACKS, GRADIENT_SOURCES, AttackConfig, Budgets, get_attack
 from workloads.attacks.stage import AttackSample
-from workloads.errors import ConfigError
+from workloads.errors import ConfigError, Invalid
 from workloads.names import Metric
-from workloads.settings import Invalid, Kind, Section
+from workloads.settings import Section, UnionTag
 from workloads.tasks import get_task
 
 OUTCOMES = "outcomes.parquet"  # an attack node's per-image outcome table
@@ -66,7 +66,7 @@ def entry_type() -> object:
     entries = tuple(create_model(f"{n.capitalize()}Attack", __base__=AttackEntry, name=(Literal[n], ...),
                                  params=(get_attack(n).params, Field(default_factory=get_attack(n).params)))
                     for n in ATTACKS.in_order())
-    return Annotated[Union[entries], Field(discriminator="name"), Kind("attack", "attacks")]  # noqa: UP007
+    return Annotated[Union[entries], Field(discriminator="name"), UnionTag("attack", "attacks")]  # noqa: UP007
 
 
 @register_stage

@@ -80,7 +80,7 @@ class Plan:
 
     dag: DagConfig
     path: str
-    fingerprints: dict[str, str]
+    data_digests: dict[str, str]
     nodes: list[Node] = field(default_factory=list)
 
     def of(self, stage: str) -> list[Node]:

@@ -11,10 +11,10 @@ from pydantic import Field
 
 from harness.config.grid import DagConfig
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
-from harness.stages.pretrain import data_options, trained, training_metrics
-from workloads.config import FinetuneSettings, StageConfig
+from harness.stages.pretrain import trained, training_config, training_metrics
+from workloads.config import FinetuneSettings
+from workloads.errors import Invalid
 from workloads.names import Passes
-from workloads.settings import Invalid
 from workloads.tasks import get_task
 
 CELL_AXES = ("dataset", "backbone", "task", "rule")
@@ -70,7 +70,6 @@ class Finetune(Stage):
         dag, out = plan.dag, []
         pretrained = {(n.axes["dataset"], n.axes["backbone"], n.axes["seed"]): n for n in plan.of("pretrain")}
         for ds_name in dag.datasets:
-            data = data_options(plan, ds_name)
             tasks = dag.task_options(ds_name)
             for backbone in dag.backbones:
                 for seed in dag.seeds:
@@ -79,16 +78,14 @@ class Finetune(Stage):
                         for rule in dag.rules:
                             axes = {"dataset": ds_name, "backbone": backbone, "seed": seed, "task": task,
                                     "rule": rule}
-                            cfg = StageConfig.model_construct(
-                                backbone=backbone, weights=dag.weights, data=data,
-                                task=get_task(task).Config.model_construct(name=task, **options),
-                                pretrain=dag.pretrain, finetune=settings_for(dag, axes), rule=rule, seed=seed,
-                                device=dag.device)
+                            cfg = training_config(
+                                plan, ds_name, backbone, seed, rule=rule, finetune=settings_for(dag, axes),
+                                task=get_task(task).Config.model_construct(name=task, **options))
                             keyed = cfg.model_dump(include={"backbone", "seed", "weights", "data", "task",
                                                             "finetune", "rule"})
                             keyed["data"].pop("root")
                             key = digest({"stage": self.name, "config": keyed, "dataset": ds_name,
-                                          "data": plan.fingerprints[ds_name], "pretrained": pre and pre.key})
+                                          "data": plan.data_digests[ds_name], "pretrained": pre and pre.key})
                             node = Node(self.name, key, f"finetune {ds_name}/{backbone}/{task}/{rule}/s{seed}",
                                         axes, cfg)
                             out.append(node.reads(pretrained=pre) if pre is not None else node)

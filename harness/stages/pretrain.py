@@ -12,10 +12,15 @@ from workloads.names import Passes
 from workloads.tasks import get_task
 
 
-def data_options(plan: Plan, dataset: str) -> DataOptions:
-    """What the stages read of a DAG dataset (the rest of its entry is the plan's: size hints, overrides)."""
-    entry = plan.dag.datasets[dataset]
-    return DataOptions.model_construct(**{k: getattr(entry, k) for k in DataOptions.model_fields})
+def training_config(plan: Plan, dataset: str, backbone: str, seed: int, **more) -> StageConfig:
+    """A training node's settings, from the DAG's (checked when it was read: nothing is checked again); `more`
+    sets the task, the fine-tuning settings or the rule."""
+    dag, entry = plan.dag, plan.dag.datasets[dataset]
+    data = DataOptions.model_construct(**{k: getattr(entry, k) for k in DataOptions.model_fields})
+    task = get_task("classification").Config.model_construct(name="classification")
+    return StageConfig.model_construct(**{
+        "backbone": backbone, "weights": dag.weights, "data": data, "task": task, "pretrain": dag.pretrain,
+        "finetune": dag.finetune, "rule": dag.baseline, "seed": seed, "device": dag.device, **more})
 
 
 def trained(node: Node, files: NodeFiles, progress: Progress, train) -> dict:
@@ -52,19 +57,15 @@ class Pretrain(Stage):
         if dag.weights is not None:
             return out
         for ds_name in dag.datasets:
-            data = data_options(plan, ds_name)
             for backbone in dag.backbones:
                 for seed in dag.seeds:
-                    cfg = StageConfig.model_construct(
-                        backbone=backbone, weights=dag.weights, data=data,
-                        task=get_task("classification").Config.model_construct(name="classification"),
-                        pretrain=dag.pretrain, finetune=dag.finetune, rule=dag.baseline, seed=seed, device=dag.device)
+                    cfg = training_config(plan, ds_name, backbone, seed)
                     keyed = cfg.model_dump(include={"backbone", "seed", "weights", "data", "pretrain"})
                     # the manifest's hash names the data, not the folder it sits in
                     for k in ("root", "target_classes", "db_limit"):
                         keyed["data"].pop(k)
                     key = digest({"stage": self.name, "config": keyed, "dataset": ds_name,
-                                  "data": plan.fingerprints[ds_name]})
+                                  "data": plan.data_digests[ds_name]})
                     out.append(Node(self.name, key, f"pretrain {ds_name}/{backbone}/s{seed}",
                                     {"dataset": ds_name, "backbone": backbone, "seed": seed}, cfg))
         return out

@@ -19,9 +19,10 @@ from workloads.attacks.base import (
     project,
 )
 from workloads.attacks.registry import ATTACKS, available_attacks, get_attack, register_attack
-from workloads.attacks.run import attack, gradient_cosine, run_attack, validate
+from workloads.attacks.run import attack, check_attack, gradient_cosine, run_attack
 from workloads.attacks.stage import AttackConfig, ConvergeSettings, attack_checkpoint, run_config, write_outcomes
 
 __all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackConfig", "AttackContext", "AttackSpec", "Budgets", "ConvergeSettings",
-           "Steps", "attack", "attack_checkpoint", "available_attacks", "check_eps", "get_attack", "gradient_cost",
-           "gradient_cosine", "project", "register_attack", "run_attack", "run_config", "validate", "write_outcomes"]
+           "Steps", "attack", "attack_checkpoint", "available_attacks", "check_attack", "check_eps", "get_attack",
+           "gradient_cost", "gradient_cosine", "project", "register_attack", "run_attack", "run_config",
+           "write_outcomes"]

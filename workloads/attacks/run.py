@@ -25,7 +25,7 @@ from workloads.names import Metric as M
 from workloads.settings import Section
 
 
-def validate(attack: str, task_kind: str | None, source: str | None, eps_grid: list[float],
+def check_attack(attack: str, task_kind: str | None, source: str | None, eps_grid: list[float],
              params: dict | None = None) -> tuple[AttackSpec, Section]:
     """Every config error an attack can have, raised before anything is computed (`AttackSpec.check`); the spec and
     its parameters."""
@@ -50,20 +50,6 @@ class QueryCounter(torch.nn.Module):
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Binary codes on the CPU, where retrieval is ranked."""
-    with torch.no_grad():
-        return torch.where(model(x.to(_device(model))) >= 0, 1.0, -1.0).cpu()
-
-
-def encode(model: torch.nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    codes, labels = [], []
-    for x, y in batches:
-        codes.append(_codes(model, x))
-        labels.append(y.cpu())
-    return torch.cat(codes), torch.cat(labels)
 
 
 def attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
@@ -239,10 +225,10 @@ class _HashScorer:
     def __init__(self, target, crafting_model: torch.nn.Module, database: Iterable, ctx: AttackContext) -> None:
         self.model, self.task = target.model, target.task
         database = list(database)
-        self.db_codes, self.db_labels = encode(self.model, database)
+        self.db_codes, self.db_labels = self.task.encode(self.model, database)
         # the attacker's own view of the database (SDHA's relevant sets): the crafting model's codes
         ctx.references = (self.db_codes, self.db_labels) if crafting_model is self.model \
-            else encode(crafting_model, database)
+            else self.task.encode(crafting_model, database)
 
     def ap(self, codes: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from workloads.tasks.metrics import average_precision_at_k
@@ -250,12 +236,12 @@ class _HashScorer:
         return average_precision_at_k(codes, self.db_codes, y.cpu(), self.db_labels, self.task.topk)
 
     def clean(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        codes = _codes(self.model, x)
+        codes = self.task.codes(self.model, x)
         return codes, self.ap(codes, y)
 
     def outcome(self, y: torch.Tensor, x_adv: torch.Tensor, before: tuple) -> dict[str, torch.Tensor]:
         clean_codes, clean_ap = before
-        codes = _codes(self.model, x_adv)
+        codes = self.task.codes(self.model, x_adv)
         return {"ap": self.ap(codes, y), "clean_ap": clean_ap, "flipped": (codes != clean_codes).float().mean(1)}
 
     def settle(self, out: dict, nested: dict | None) -> tuple[dict, torch.Tensor]:

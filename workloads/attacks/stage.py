@@ -23,10 +23,10 @@ from workloads.attacks.registry import get_attack
 from workloads.attacks.run import gradient_cosine, run_checked
 from workloads.checkpoint import load_model
 from workloads.datasets import load_manifest
-from workloads.errors import ConfigError
+from workloads.errors import ConfigError, Invalid
 from workloads.files import atomic_write
 from workloads.inputs import make_reader, split_names
-from workloads.settings import Count, Device, Invalid, Limit, Section, Seed
+from workloads.settings import Count, Device, Limit, Section, Seed
 from workloads.settings import validate as validate_settings
 
 

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from workloads.settings import Invalid, Limit, Section
+from workloads.errors import Invalid
+from workloads.settings import Limit, Section
 
 ClassIndex = Annotated[int, Field(ge=0, le=10**6)]
 

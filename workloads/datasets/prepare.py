@@ -12,11 +12,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from workloads.datasets.adapters import get_adapter
+from workloads.datasets.adapters.base import Adapter
 from workloads.datasets.codec import encode_label, encode_png
 from workloads.datasets.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, check_shard_files, load_manifest
 from workloads.datasets.manifest import sha256_file as _sha256
-from workloads.datasets.sources import get_source
-from workloads.datasets.sources.base import Source
 from workloads.datasets.tario import sample_crc, write_tar
 from workloads.errors import DataError
 
@@ -36,7 +36,7 @@ def prepare(
     """Shards for dataset `name` in `out`. Returns (manifest, whether anything was written)."""
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
-    source: Source = get_source(name)(src, download=download, **source_options)
+    source: Adapter = get_adapter(name)(src, download=download, **source_options)
     out = Path(out)
     fingerprint = source.fingerprint()
     options = {"shard_size": shard_size, **{k: str(v) for k, v in source_options.items() if v is not None}}
@@ -117,7 +117,7 @@ class _SplitWriter:
 
 
 def _write(
-    source: Source, folder: Path, shard_size: int, progress: Callable[[str, int, int | None], None] | None
+    source: Adapter, folder: Path, shard_size: int, progress: Callable[[str, int, int | None], None] | None
 ) -> Manifest:
     classes = source.classes()
     kind = source.label_kind

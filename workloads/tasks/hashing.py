@@ -105,13 +105,16 @@ class Hashing(Task):
         likelihood = (F.softplus(theta) - s * theta).mean()
         return likelihood + 0.1 * ((u - u.sign()) ** 2).mean()
 
+    @staticmethod
     @torch.no_grad()
+    def codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Binary codes in {-1, +1} of a batch, on the CPU (where retrieval is ranked)."""
+        return torch.where(model(x.to(next(model.parameters()).device)) >= 0, 1.0, -1.0).cpu()
+
     def encode(self, model: torch.nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-        codes, labels = [], []
-        for x, y in batches:
-            codes.append(torch.where(model(x) >= 0, 1.0, -1.0).cpu())
-            labels.append(y.cpu())
-        return torch.cat(codes), torch.cat(labels)
+        """(codes, labels) of every batch."""
+        pairs = [(self.codes(model, x), y.cpu()) for x, y in batches]
+        return torch.cat([c for c, _ in pairs]), torch.cat([y for _, y in pairs])
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: Iterable, database: Iterable | None = None) -> dict:

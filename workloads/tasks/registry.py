@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, create_model
 
 from workloads.registry import Registry
-from workloads.settings import Kind
+from workloads.settings import UnionTag
 
 TASKS: Registry[type] = Registry("task", "tasks")
 
@@ -29,4 +29,4 @@ get_task = TASKS.get
 def task_config_type() -> object:
     """The `task` section of a stage config, `{name: NAME, ...its options}`, for every registered task."""
     members = tuple(get_task(n).Config for n in TASKS.in_order())
-    return Annotated[Union[members], Field(discriminator="name"), Kind("task", "tasks")]  # noqa: UP007
+    return Annotated[Union[members], Field(discriminator="name"), UnionTag("task", "tasks")]  # noqa: UP007

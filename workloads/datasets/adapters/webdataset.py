@@ -22,10 +22,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from workloads.datasets.adapters.base import Adapter
+from workloads.datasets.adapters.registry import register_adapter
 from workloads.datasets.codec import decode_label
 from workloads.datasets.manifest import Manifest, ShardInfo, SplitInfo
-from workloads.datasets.sources.base import Source
-from workloads.datasets.sources.registry import register_source
 from workloads.datasets.tario import iter_tar, sample_crc, samples
 from workloads.errors import DataError
 from workloads.settings import Section
@@ -78,8 +78,8 @@ def read_shard_bytes(url: str) -> bytes:
         raise DataError(f"shard {url} cannot be opened ({type(exc).__name__}: {exc}); check --src") from None
 
 
-@register_source
-class WebDatasetShards(Source):
+@register_adapter
+class WebDatasetShards(Adapter):
     name = "webdataset"
     description = "existing WebDataset shards (local, http(s), pipe:), indexed in place: no image copied"
     in_place = True

@@ -1,4 +1,4 @@
-"""The source-adapter contract: what `harness data prepare NAME` reads before it writes shards."""
+"""The dataset-adapter contract: what `harness data prepare NAME` reads before it writes shards."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Sample:
     origin: str = ""  # where it came from, for error messages
 
 
-class Source:
+class Adapter:
     """A dataset in its original format. Subclasses read it; the writer turns it into shards."""
 
     name: ClassVar[str]

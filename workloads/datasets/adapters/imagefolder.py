@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from workloads.datasets.sources.base import Sample, Source, require_dir
-from workloads.datasets.sources.registry import register_source
+from workloads.datasets.adapters.base import Adapter, Sample, require_dir
+from workloads.datasets.adapters.registry import register_adapter
 from workloads.errors import DataError
 
 EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 SPLIT_NAMES = ("train", "val", "test", "query", "database")
 
 
-@register_source
-class ImageFolder(Source):
+@register_adapter
+class ImageFolder(Adapter):
     name = "imagefolder"
     description = "class-per-folder tree; top-level train/val/test folders become splits, otherwise one 'train'"
 

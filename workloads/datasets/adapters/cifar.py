@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.datasets.sources.base import Sample, Source
-from workloads.datasets.sources.registry import register_source
+from workloads.datasets.adapters.base import Adapter, Sample
+from workloads.datasets.adapters.registry import register_adapter
 from workloads.errors import DataError
 
 _ALLOWED = {
@@ -42,7 +42,7 @@ def load_batch(data: bytes, where: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-class _Cifar(Source):
+class _Cifar(Adapter):
     splits = {"train": 50_000, "test": 10_000}
     image = {"height": 32, "width": 32, "channels": 3}
     folder: str
@@ -123,7 +123,7 @@ class _Cifar(Source):
                              origin=f"{b}[{i}]")
 
 
-@register_source
+@register_adapter
 class Cifar10(_Cifar):
     name, tv_class = "cifar10", "CIFAR10"
     description = "CIFAR-10, 50k train / 10k test 32x32 RGB, 10 classes (torchvision layout or binary version)"
@@ -132,7 +132,7 @@ class Cifar10(_Cifar):
     meta_file, meta_key, label_key, bin_label_bytes = "batches.meta", "label_names", "labels", 1
 
 
-@register_source
+@register_adapter
 class Cifar100(_Cifar):
     name, tv_class = "cifar100", "CIFAR100"
     description = "CIFAR-100 (fine labels), 50k train / 10k test 32x32 RGB, 100 classes"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from workloads.datasets.sources.base import Sample, Source, require_dir
-from workloads.datasets.sources.registry import register_source
+from workloads.datasets.adapters.base import Adapter, Sample, require_dir
+from workloads.datasets.adapters.registry import register_adapter
 from workloads.errors import DataError
 from workloads.settings import Section
 
@@ -18,8 +18,8 @@ LISTS = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
 EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 
 
-@register_source
-class HashList(Source):
+@register_adapter
+class HashList(Adapter):
     name = "hashlist"
     label_kind = "multi"
     description = "DeepHash/HashNet list files (MS-COCO, NUS-WIDE, ImageNet-100): train/test/database.txt"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.datasets.sources.base import Sample, Source
-from workloads.datasets.sources.registry import register_source
+from workloads.datasets.adapters.base import Adapter, Sample
+from workloads.datasets.adapters.registry import register_adapter
 from workloads.errors import DataError
 
 DEBIAN_PATH = Path("/usr/share/datasets/fashion-mnist")
@@ -42,8 +42,8 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-@register_source
-class FashionMNIST(Source):
+@register_adapter
+class FashionMNIST(Adapter):
     name = "fashion-mnist"
     description = "Zalando Fashion-MNIST, 60k train / 10k test 28x28 grey, 10 classes"
     splits = {"train": 60_000, "test": 10_000}
