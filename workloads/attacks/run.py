@@ -55,17 +55,20 @@ def _device(model: torch.nn.Module) -> torch.device:
 def attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
            sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
            on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """The rows of `run_attack` (one per eps), without the per-image table."""
-    return run_attack(target, attack_name, source, eps_grid, batches, sibling, params, seed, database, on_row)[0]
+    """The rows of `run_attack` (one per eps) after the one check of the attack's use (`AttackSpec.check`)."""
+    spec = get_attack(attack_name)
+    eps_grid, params = spec.check(target.task.kind, source, eps_grid, params)
+    return run_attack(target, spec, source, eps_grid, params, batches, sibling, seed, database, on_row)[0]
 
 
-def run_attack(target, attack_name: str, source: str | None, eps_grid: list[float], batches: Iterable,
-               sibling=None, params: dict | None = None, seed: int = 0, database: Iterable | None = None,
+def run_attack(target, spec: AttackSpec, source: str | None, eps_grid: list[float], params: Section,
+               batches: Iterable, sibling=None, seed: int = 0, database: Iterable | None = None,
                on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], pl.DataFrame]:
-    """Attack `target` (a `workloads.checkpoint.Loaded`) at every eps of the grid: one row per eps, and the per-image
-    outcome table: `image`, `eps`, `clean` (correct clean) and `robust` (correct clean and not broken at this or a
-    smaller eps; `robust_raw`: by this eps's own run), or for hashing `clean_ap`, `ap` and `ap_raw`; the
-    perturbation's `linf` and `l2`; `invalid` (a break the re-check refused).
+    """Attack `target` (a `workloads.checkpoint.Loaded`) at every eps of the grid, with arguments that passed
+    `AttackSpec.check` (`attack` checks them; a DAG's attack nodes were checked when the DAG was read): one row per
+    eps, and the per-image outcome table: `image`, `eps`, `clean` (correct clean) and `robust` (correct clean and not
+    broken at this or a smaller eps; `robust_raw`: by this eps's own run), or for hashing `clean_ap`, `ap` and
+    `ap_raw`; the perturbation's `linf` and `l2`; `invalid` (a break the re-check refused).
 
     `sibling` (the BP-fine-tuned twin) is needed for source 'transfer'; `database` (batches of the retrieval
     database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones. Budgets run
@@ -73,16 +76,6 @@ def run_attack(target, attack_name: str, source: str | None, eps_grid: list[floa
     only if the adversarial image passes the re-check (within eps of the clean one, inside [0, 1], scored by the
     target in eval mode); the others are counted in `invalid`. `on_row` sees each row as soon as it is measured.
     """
-    spec = get_attack(attack_name)
-    eps_grid, params = spec.check(target.task.kind, source, eps_grid, params)
-    return run_checked(target, spec, source, eps_grid, params, batches, sibling, seed, database, on_row)
-
-
-def run_checked(target, spec: AttackSpec, source: str | None, eps_grid: list[float], params: Section,
-                batches: Iterable, sibling=None, seed: int = 0, database: Iterable | None = None,
-                on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], pl.DataFrame]:
-    """`run_attack` with arguments that passed `AttackSpec.check` already (a DAG's attack nodes were checked when the
-    DAG was loaded): nothing is checked twice."""
     require_sibling(source, sibling)
     task = target.task
     if task.kind == "hashing" and database is None:

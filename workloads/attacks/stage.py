@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr, SerializeAsAny, model_validator
 
 from workloads.attacks.base import require_sibling
 from workloads.attacks.registry import get_attack
-from workloads.attacks.run import gradient_cosine, run_checked
+from workloads.attacks.run import gradient_cosine, run_attack
 from workloads.checkpoint import load_model
 from workloads.datasets import load_manifest
 from workloads.errors import ConfigError, Invalid
@@ -134,7 +134,7 @@ def run_config(cfg: AttackConfig, checkpoint: str | Path, sibling: str | Path | 
         limit = cfg.db_limit if cfg.db_limit is not None else tc.data.db_limit
         database = make_reader(tc, db_split, tc.data.target_classes, limit, False, 500, seed)
     t0 = time.perf_counter()
-    rows, outcomes = run_checked(target, spec, cfg.source, cfg.eps, cfg.params, batches, sibling=twin, seed=seed,
+    rows, outcomes = run_attack(target, spec, cfg.source, cfg.eps, cfg.params, batches, sibling=twin, seed=seed,
                                  database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
     if cfg.images is not None:  # the table's `image` is the position in what was attacked: back to the split's
