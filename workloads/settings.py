@@ -1,10 +1,11 @@
 """Typed settings: the base of every section of a DAG or stage config, and the one place errors are worded.
 
 Each section is declared by the code that uses it, with its defaults, ranges and a docstring per field (the
-docstrings become the JSON Schema's descriptions, so editors show them): the training stages in
-`workloads/train.py`, a task's options on the task, an attack's parameters on the attack, the DAG's own keys in
-`harness/dag.py`. Unknown keys are errors everywhere. `validate(Model, data, where)` turns pydantic's errors into
-one `ConfigError` line that names the file, the key, what is allowed, and the nearest valid name.
+docstrings become the JSON Schema's descriptions, so editors show them): the training stages' in
+`workloads/config.py`, a task's options on the task, an attack's parameters on the attack, each stage's DAG
+sections on the stage (harness/stages/), the DAG's own keys in harness/config/. Unknown keys are errors
+everywhere. `validate(Model, data, where)` turns pydantic's errors into one `ConfigError` line that names the file,
+the key, what is allowed, and the nearest valid name.
 """
 
 from __future__ import annotations

@@ -61,13 +61,12 @@ class Converge(Stage):
             cfg = AttackConfig.model_construct(attack=conv.attack, source="exact", eps=[eps],
                                                n=max(n.config.n for n in evidence), batch_size=conv.batch_size,
                                                params=conv.parsed_params, device=dag.device, diagnostics=False)
-            node = Node(self.name, "", f"converge {conv.attack}/exact on {a['task']}/{a['rule']} "
-                        f"{a['dataset']}/{a['backbone']}/s{a['seed']}",
-                        {**a, "attack": RERUN + conv.attack, "source": "exact"}, cfg)
-            node.reads(model=ft, **{f"evidence {i}": n for i, n in enumerate(evidence)})
+            inputs = {"model": ft, **{f"evidence {i}": n for i, n in enumerate(evidence)}}
             keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"})
-            node.key = digest({"stage": self.name, "config": keyed, "inputs": node.inputs})
-            out.append(node)
+            key = digest({"stage": self.name, "config": keyed, "inputs": {r: n.key for r, n in inputs.items()}})
+            out.append(Node(self.name, key, f"converge {conv.attack}/exact on {a['task']}/{a['rule']} "
+                            f"{a['dataset']}/{a['backbone']}/s{a['seed']}",
+                            {**a, "attack": RERUN + conv.attack, "source": "exact"}, cfg).reads(**inputs))
         return out
 
     def run(self, node: Node, files: NodeFiles, progress: Progress) -> dict:

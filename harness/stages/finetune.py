@@ -95,7 +95,7 @@ class Finetune(Stage):
         from workloads.train import finetune
 
         pre = files.inputs["pretrained"] / MODEL if "pretrained" in files.inputs else None
-        return trained(node, files, progress, lambda path, on_epoch: finetune(
+        return trained(files, progress, node.config.finetune.epochs, lambda path, on_epoch: finetune(
             pre, node.config.rule, node.config, path, progress=False, on_epoch=on_epoch))
 
     def passes(self, node: Node, counts: dict[str, int]) -> float:

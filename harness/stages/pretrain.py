@@ -5,6 +5,9 @@ A DAG with `weights: imagenet` (or a weights file) has no pretrain stage: fine-t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, finite, register_stage
 from workloads.config import PretrainSettings, StageConfig
 from workloads.datasets.options import DataOptions
@@ -23,11 +26,11 @@ def training_config(plan: Plan, dataset: str, backbone: str, seed: int, **more) 
         "finetune": dag.finetune, "rule": dag.baseline, "seed": seed, "device": dag.device, **more})
 
 
-def trained(node: Node, files: NodeFiles, progress: Progress, train) -> dict:
-    """Run a training function (`train(path, on_epoch)`) into the node's folder; the checkpoint's numbers."""
+def trained(files: NodeFiles, progress: Progress, epochs: int,
+            train: Callable[[Path, Callable[[int, dict], None]], Path]) -> dict:
+    """Run a training function (`train(checkpoint path, on_epoch)`) into the node's folder, each epoch a progress
+    line; the checkpoint's numbers."""
     from workloads.checkpoint import load_checkpoint
-
-    epochs = getattr(node.config, node.stage).epochs
 
     def on_epoch(epoch: int, row: dict) -> None:
         progress({"epoch": epoch + 1, "epochs": epochs, "loss": row["loss"]})
@@ -73,7 +76,7 @@ class Pretrain(Stage):
     def run(self, node: Node, files: NodeFiles, progress: Progress) -> dict:
         from workloads.train import pretrain
 
-        return trained(node, files, progress,
+        return trained(files, progress, node.config.pretrain.epochs,
                        lambda path, on_epoch: pretrain(node.config, path, progress=False, on_epoch=on_epoch))
 
     def passes(self, node: Node, counts: dict[str, int]) -> float:
