@@ -247,7 +247,7 @@ def test_attack_checkpoint_end_to_end(models):
                                                                            "diagnostics": False},
                               sibling=paths["bp"])
     assert again["rows"] == out["rows"] and again["diagnostics"] == {}  # seeded; the cosine is optional
-    with pytest.raises(ValueError, match="needs the BP-fine-tuned sibling"):
+    with pytest.raises(ValueError, match="needs the sibling fine-tuned with the baseline rule"):
         attack_checkpoint(paths["frsf"], "pgd", "transfer", [0.1], {"n": 4})
     with pytest.raises(ValueError, match="attack-stage config: imgs: unknown key; allowed: n, batch_size"):
         attack_checkpoint(paths["frsf"], "pgd", "rule", [0.1], {"imgs": 4})

@@ -31,6 +31,23 @@ def test_help_lists_commands_and_exit_codes():
         assert f"{code:>3}  {meaning}" in out.stdout
 
 
+def test_flags_come_from_the_settings_models_and_keep_their_spellings():
+    from harness.cli import build_parser
+    from harness.commands.flags import from_flags
+    from harness.search import SearchSettings
+    from workloads.attacks import AttackConfig
+
+    argv = ["stage", "attack", "ft.pt", "--attack", "pgd", "--source", "exact", "--images", "6", "--only-images", "3,7",
+            "--eps", "0,0.1"]
+    args = build_parser(argv).parse_args(argv)
+    cfg = from_flags(args, AttackConfig, "harness stage attack")
+    default = AttackConfig.model_fields["batch_size"].default
+    assert (cfg.n, cfg.images, cfg.eps, cfg.batch_size) == (6, [3, 7], [0.0, 0.1], default)
+    argv = ["search", "dags/smoke.yaml", "--rules", "bp,frsf", "--samples", "3"]
+    settings = from_flags(build_parser(argv).parse_args(argv), SearchSettings, "harness search")
+    assert settings == SearchSettings(rules=["bp", "frsf"], samples=3)  # every flag not given: the model's default
+
+
 def test_every_user_error_kind_has_its_documented_exit_code():
     from workloads import errors
 

@@ -162,6 +162,10 @@ def test_the_documented_extensions_are_one_file_each_and_plug_in(extended):
     assert schema.returncode == 0 and '"scf"' in (work / "schema.json").read_text(), schema.stderr[-2000:]
     bad = harness("--plugin", "my_ext.nope", "schema", cwd=work, ext=ext)
     assert bad.returncode == 2 and "plugin 'my_ext.nope' cannot be imported" in bad.stderr, bad.stderr[-2000:]
+    (ext / "my_ext" / "needy.py").write_text("import not_installed_anywhere  # noqa\n")
+    needy = harness("--plugin", "my_ext.needy", "schema", cwd=work, ext=ext)
+    assert needy.returncode == 2, needy.stderr[-2000:]
+    assert "plugin 'my_ext.needy' needs module 'not_installed_anywhere', which is not installed here" in needy.stderr
 
 
 @pytest.mark.slow
@@ -184,3 +188,9 @@ def test_a_dag_of_plugins_runs_on_ray_and_its_report_has_the_new_task_and_stage(
     assert calibration["ECE"].is_between(0, 1).all()
     robustness = pl.read_csv(results / "robustness.csv")  # two tasks of one kind: the table says which is which
     assert "task" in robustness.columns and set(robustness["attack"].to_list()) == {"rfgsm", "pgd"}
+    # the report on its own, later: the plugins its run logged are imported again, and it is the same report
+    again = harness("report", "ext", "--tracking-uri", f"sqlite:///{work / 'out' / 'mlflow.db'}", "--results",
+                    str(work / "again"), cwd=work, ext=ext)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name in ("verdicts.csv", "calibration.csv", "robustness.csv", "clean.csv"):
+        assert (work / "again" / name).read_text() == (results / name).read_text(), name

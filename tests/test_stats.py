@@ -1,4 +1,4 @@
-"""harness/stats.py against values computed here independently (scipy and statsmodels called directly, or by
+"""harness/analysis/stats.py against values computed here independently (scipy and statsmodels called directly, or by
 hand), at the edges where a slip would hide: no data, one value, no spread, differences all one way."""
 
 from __future__ import annotations

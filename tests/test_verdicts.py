@@ -21,7 +21,8 @@ from harness.analysis.verdicts import (
     decide,
 )
 from harness.config.verdicts import VerdictSettings
-from harness.stages.converge import RERUN, survivors
+from harness.stages.converge import RERUN
+from workloads.attacks.outcomes import survivors
 
 FAMILIES = {"fgsm": "gradient", "pgd": "gradient", "apgd": "gradient", "hsja": "decision", "boundary": "decision"}
 SINGLE = {"fgsm"}
@@ -473,3 +474,48 @@ def test_a_verdict_about_the_rule_needs_three_seeds_and_says_whether_they_agree(
     mixed = decide([seed(0, 0.5, 0.0), seed(1, 0.6, 0.6), seed(2, 0.7, 0.0)], SETTINGS)
     assert rule_lines(mixed)[0].startswith("**frsf** (d/b/classification, the rule over 3 seeds): mixed across "
                                             "seeds (gradient obfuscation, robust beyond bp); worst case 20.0% mean")
+
+
+def test_checks_that_have_nothing_to_decide_say_so_and_name_the_baseline():
+    from harness.analysis.checks import (
+        SANITY,
+        check_accuracy_falls_with_eps,
+        check_bp_broken,
+        check_bp_gradients_agree,
+    )
+
+    empty = table("bp", {("pgd", "rule"): {0.1: 0.0}}).clear()
+    one_budget = table("bp", {("pgd", "rule"): {0.1: 0.0}})
+    assert [(c.name, c.passed, c.detail, c.purpose) for c in (
+        check_accuracy_falls_with_eps(one_budget), check_bp_broken(empty, 0.1), check_bp_broken(one_budget, None),
+        check_bp_gradients_agree(one_budget, None))] == [
+        ("accuracy falls with eps", None, "no attack ran at two budgets", SANITY),
+        ("attacks break bp", None, "no attack ran on bp", SANITY),
+        ("attacks break bp", None, "no limit for this task in `verdicts.bp_broken_below`", SANITY),
+        ("bp gradients agree", None, "no attack ran on bp with both the rule and the exact gradient", SANITY)]
+    # a baseline with a backward of its own has two gradients by design: their agreement is not checked
+    own = check_bp_gradients_agree(at_budget(table("usf", BP), 0.1), 0.3, "usf")
+    assert (own.name, own.passed) == ("usf gradients agree", None) and "its own feedback" in own.detail
+    exact = check_bp_gradients_agree(at_budget(table("bp", BP), 0.1), None)
+    assert exact.passed is True and exact.detail == "0 of 200 outcomes differ between bp's rule and exact attacks"
+
+
+def test_another_baseline_is_named_in_the_verdict_and_a_grid_without_it_says_why_it_has_none():
+    from harness.analysis.verdicts import verdict_report
+
+    outcomes = pl.concat([table("frsf", {("pgd", "rule"): {0: 1.0, 0.1: 0.6}, ("pgd", "exact"): {0: 1.0, 0.1: 0.5}}),
+                          table("usf", BP)])
+    cell = decide([assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "usf"}, SETTINGS, FAMILIES, SINGLE)],
+                  SETTINGS)[0]
+    assert cell.verdict == BEYOND and cell.label == "robust beyond usf" and "usf on the same attacks" in cell.line
+    assert [c.name for c in cell.checks][:4] == ["usf gradients agree", "exact gradient not weaker",
+                                                 "accuracy falls with eps", "attacks break usf"]
+    axes = ("dataset", "backbone", "task", "rule", "seed")
+    runs = pl.DataFrame({"stage": ["evaluate"], **{a: [None] for a in axes}},
+                        schema_overrides=dict.fromkeys(axes, pl.String))
+    lines, rows, _ = verdict_report(runs, [outcomes], SETTINGS, baseline="usf")
+    assert rows.filter(pl.col("rule") == "frsf")["verdict"].to_list() == ["robust beyond usf"]
+    assert "usf_worst" in rows.columns
+    lines, rows, _ = verdict_report(runs, [outcomes], SETTINGS)  # the DAG's baseline, bp, trained no model here
+    assert rows.is_empty() and lines == ["No verdicts: the baseline rule bp has no attacked model here to compare "
+                                         "with; add it to the DAG's rules (or set `baseline` to one of them)."]

@@ -175,6 +175,8 @@ def resolve_device(name: str):  # -> torch.device; torch is imported only here, 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from harness.analysis import stats
+from workloads.attacks.outcomes import linf_only
 
 MODEL = ("dataset", "backbone", "task", "rule", "seed")
 ATTACK = ("attack", "source")
@@ -91,11 +92,6 @@ def estimate(values: np.ndarray) -> Estimate | MeanEstimate:
     values = np.asarray(values)
     return Estimate(int(values.sum()), len(values)) if values.dtype == bool else MeanEstimate(values.astype(float))
 
-
-
-def linf_only(outcomes: pl.DataFrame) -> pl.DataFrame:
-    """The L-inf attacks' outcomes (an L2 attack's budgets are another scale: it never counts at an L-inf one)."""
-    return outcomes.filter(pl.col("norm") == "linf") if "norm" in outcomes.columns else outcomes
 
 
 def at_budget(outcomes: pl.DataFrame, eps: float, columns: tuple[str, ...] | None = None) -> pl.DataFrame:

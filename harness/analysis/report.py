@@ -18,9 +18,11 @@ import rules
 from harness.analysis.outcomes import retrieval_worst_case
 from harness.analysis.runs import load_outcomes, load_rows, load_runs, logged_settings
 from harness.analysis.verdicts import verdict_report
+from harness.config.plugins import load_plugins
 from harness.stages import Stage, ordered
 from harness.stages.tables import kind_of, rule_order
 from workloads.attacks import ATTACKS, get_attack
+from workloads.errors import ConfigError
 
 KINDS = ("classification", "hashing")  # the task kinds whose per-image outcomes the verdicts read
 SHOWN = ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2")
@@ -83,7 +85,12 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     runs = load_runs(tracking_uri, experiment)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings, baseline = logged_settings(tracking_uri, experiment)
+    settings, baseline, plugin_names = logged_settings(tracking_uri, experiment)
+    notes = list(notes or [])
+    try:  # the run's own rules, tasks, attacks and stages, for a report written apart from the run
+        load_plugins(plugin_names, f"experiment {experiment!r}'s logged plugins")
+    except ConfigError as exc:
+        notes.append(f"{exc}: what they registered is left out of this report.")
     outcomes = {kind: load_outcomes(runs, tracking_uri, kind) for kind in KINDS}
     lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline)
     tasks = [t for t in runs["task"].unique().to_list() if t is not None]
@@ -104,7 +111,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
         rows = load_rows(runs, tracking_uri, stage.name) if has_rows else pl.DataFrame()
         tables.update(stage.report(runs, rows))
         figures.update(stage.figures(rows, out, baseline))
-    notes = [*attack_notes(runs), *(notes or [])]
+    notes = [*attack_notes(runs), *notes]
     md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Verdicts and worst cases are per model "
           "(per seed); the tables after them are means over seeds.", ""]
     if lines:

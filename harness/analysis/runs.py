@@ -97,9 +97,9 @@ def load_outcomes(runs: pl.DataFrame, tracking_uri: str, kind: str = "classifica
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
-def logged_settings(tracking_uri: str, experiment: str) -> tuple[VerdictSettings, str]:
-    """The `verdicts` section and the baseline rule of the DAG the latest `harness run` ran (logged on its parent
-    run; bp for a run logged before the baseline was a setting)."""
+def logged_settings(tracking_uri: str, experiment: str) -> tuple[VerdictSettings, str, list[str]]:
+    """The `verdicts` section, the baseline rule and the plugins of the DAG the latest `harness run` ran (logged on
+    its parent run; bp and none for a run logged before those were settings)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -107,7 +107,8 @@ def logged_settings(tracking_uri: str, experiment: str) -> tuple[VerdictSettings
     parents = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'run'", output_format="list",
                                  order_by=["attributes.start_time DESC"], max_results=20)
     for run in parents:
-        if "verdicts" in run.data.params:
-            return (VerdictSettings.from_logged(json.loads(run.data.params["verdicts"])),
-                    run.data.params.get("baseline", "bp"))
-    return VerdictSettings(), "bp"
+        p = run.data.params
+        if "verdicts" in p:
+            return (VerdictSettings.from_logged(json.loads(p["verdicts"])), p.get("baseline", "bp"),
+                    json.loads(p.get("plugins", "[]")))
+    return VerdictSettings(), "bp", []

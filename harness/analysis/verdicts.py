@@ -206,6 +206,9 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
                     {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] for ch in c.checks})
         rows.append(row)
     lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells)
+    if models and not any(m["rule"] == baseline for m, _ in models):
+        lines.append(f"No verdicts: the baseline rule {baseline} has no attacked model here to compare with; add it "
+                     "to the DAG's rules (or set `baseline` to one of them).")
     checks = [f"{c.model['rule']} ({c.model['dataset']}/{c.model['backbone']}, seed {c.model['seed']}), "
               f"{ch.name}: {ch.detail}" for c in cells if not c.is_baseline for ch in c.checks]
     for m, table in [(m, t) for m, t in models if m["rule"] == baseline]:  # is each black-box attack strong enough?

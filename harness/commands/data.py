@@ -66,15 +66,15 @@ def main(args: argparse.Namespace) -> int:
         print(describe(m))
         print("shards: all present" + (", checksums match" if args.deep else " with the sizes the manifest lists"))
         return 0
-    source = datasets.get_adapter(args.name)
+    adapter = datasets.get_adapter(args.name)
     given = {k: getattr(args, k) for k in vars(args) if k in _all_options()}
-    foreign = sorted(set(given) - set(source.Options.model_fields))
+    foreign = sorted(set(given) - set(adapter.Options.model_fields))
     if foreign:
         from workloads.errors import InputError
 
         raise InputError(f"--{foreign[0].replace('_', '-')}: not an option of {args.name} (its options: "
-                         f"{', '.join(source.Options.model_fields) or 'none'})")
-    options = validate(source.Options, given, f"harness data prepare {args.name}").model_dump(exclude_unset=True)
+                         f"{', '.join(adapter.Options.model_fields) or 'none'})")
+    options = validate(adapter.Options, given, f"harness data prepare {args.name}").model_dump(exclude_unset=True)
     out = Path(args.out) if args.out else Path("data") / args.name
 
     def progress(split: str, done: int, total: int | None) -> None:

@@ -1,8 +1,8 @@
 """`harness run DAG`: runs every stage node of the DAG that is not already in the artifact store, one Ray Tune run
-per stage level, logs one MLflow child run per node under one parent run, then writes the report. Run it again
-after an interruption: finished nodes are skipped; a run whose inputs are unchanged since the last complete one
-answers at once. Bad input (the DAG, missing data, an unreachable Ray cluster or MLflow server) is reported before
-any compute; exit codes in `harness --help`.
+per stage (in the order of their levels), logs one MLflow child run per node under one parent run, then writes the
+report. Run it again after an interruption: finished nodes are skipped; a run whose inputs are unchanged since the
+last complete one answers at once. Bad input (the DAG, missing data, an unreachable Ray cluster or MLflow server) is
+reported before any compute; exit codes in `harness --help`.
 """
 
 from __future__ import annotations

@@ -44,10 +44,11 @@ def add(p: argparse.ArgumentParser) -> None:
                          "row per eps (robust accuracy or mAP, success rate, perturbation sizes, queries) plus the "
                          "cosine between the rule's and the exact input gradient.")
     a.add_argument("checkpoint")
-    add_flags(a, AttackConfig, skip={"params"}, names={"n": ("-n",)})
+    add_flags(a, AttackConfig, skip={"params"}, names={"n": ("-n", "--images"), "images": ("--only-images",)})
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="an attack parameter, e.g. --param steps=50 (docs/extending.md lists each attack's)")
-    a.add_argument("--sibling", default=None, help="the BP-fine-tuned twin checkpoint (needed by --source transfer)")
+    a.add_argument("--sibling", default=None, help="the checkpoint of the twin fine-tuned with the baseline "
+                   "rule, bp by default (needed by --source transfer)")
     a.add_argument("--out", default=None, help="also write the result as JSON here")
 
 
@@ -81,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
 def _attack(args: argparse.Namespace) -> int:
     from harness.config.overrides import assign
     from workloads.attacks import AttackConfig, run_config, write_outcomes
+    from workloads.files import atomic_write_text
 
     params = assign({}, args.param, "harness stage attack", flag="--param")
     cfg = from_flags(args, AttackConfig, "harness stage attack", params=params)
@@ -94,8 +96,7 @@ def _attack(args: argparse.Namespace) -> int:
         print(f"rule vs exact input-gradient cosine: {result['diagnostics']['input_grad_cosine_mean']:.3f}")
     outcomes = result.pop("outcomes")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
         table = write_outcomes(outcomes, Path(args.out).with_suffix(".parquet"))
         print(f"wrote {args.out} and the per-image outcomes {table}")
     return 0

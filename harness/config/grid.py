@@ -19,13 +19,12 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from harness.config.plugins import MODULE
 from harness.config.trials import TrialSettings
 from harness.config.verdicts import VerdictSettings
 from workloads.datasets.options import DataOptions
 from workloads.errors import Invalid
 from workloads.settings import Device, Section, Seed
-
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class TasksSection(Section):
@@ -58,7 +57,7 @@ def _experiment(name: str) -> str:
 
 
 def _module(name: str) -> str:
-    if not _MODULE.fullmatch(name):
+    if not MODULE.fullmatch(name):
         raise ValueError(f"{name!r} is not a module name: dotted Python names, e.g. my_pkg.rules")
     return name
 

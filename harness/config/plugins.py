@@ -12,6 +12,7 @@ users' models and tasks). `harness run` imports them on every Ray worker too, an
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from types import ModuleType
 
 from workloads.errors import ConfigError
 
+MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _loaded: dict[str, ModuleType] = {}
 
 
@@ -28,10 +30,15 @@ def load_plugins(names: Iterable[str], where: str = "--plugin") -> list[ModuleTy
     imported, is a ConfigError naming it and `where` it was asked for."""
     out = []
     for name in names:
+        if not MODULE.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is not a module name: dotted Python names, e.g. my_pkg.rules")
         if name not in _loaded:
             try:
                 _loaded[name] = importlib.import_module(name)
             except ModuleNotFoundError as exc:
+                if exc.name is not None and name != exc.name and not name.startswith(f"{exc.name}."):
+                    raise ConfigError(f"{where}: plugin {name!r} needs module {exc.name!r}, which is not installed "
+                                      "here") from None
                 raise ConfigError(f"{where}: plugin {name!r} cannot be imported ({exc}); install its package or put "
                                   "the folder holding it on PYTHONPATH") from None
             except Exception as exc:  # noqa: BLE001  (the plugin's own code failed: say where, keep its traceback)

@@ -1,7 +1,7 @@
 """How trials run, as a DAG says it: what each stage's trials ask Ray for, retries and concurrency.
 
 Read by harness/execution/raytune.py. `resources` has one entry per resource group the registered stages name
-(`Stage.resources`: pretrain, finetune, evaluate, attack; the convergence re-run shares attack's), so a new stage
+(`Stage.resource_group`: pretrain, finetune, evaluate, attack; the convergence re-run shares attack's), so a new stage
 gets its own entry by declaring it; `resources_section` builds that section from the names.
 """
 

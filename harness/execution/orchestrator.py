@@ -61,10 +61,10 @@ def _trainable(config: dict, nodes: dict, store_root: str, plugin_names: list[st
 
     keep_freed_memory()
     torch.set_num_threads(threads)
-    plugins.load_plugins(plugin_names)
     store = ArtifactStore(store_root)
     node = nodes[config["key"]]
     try:
+        plugins.load_plugins(plugin_names)  # inside: a plugin that fails here fails its node, not its worker
         record = run_node(node, store, progress=lambda m: tune.report({**m, "final": 0}),
                           where={"ray_node_id": ray.get_runtime_context().get_node_id()})
     except Exception as exc:  # noqa: BLE001  (any error of the stage: recorded, never raised into Tune)

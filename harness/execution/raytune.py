@@ -31,6 +31,8 @@ def init_ray(address: str | None, log: Log, plugins: list[str] | None = None) ->
     import ray
 
     if ray.is_initialized():
+        if plugins:
+            log("[ray] already started in this process: its job ships what it shipped then, not these plugins")
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,

@@ -23,6 +23,10 @@ def run_node(node: Node, store: ArtifactStore, progress: Progress | None = None,
         return store.result(stage, key)
     here = {"host": socket.gethostname(), **(where or {})}
     store.write_running(stage, key, {"pid": os.getpid(), **here, "since": time.time()})
+    unknown = sorted(set(node.inputs) - set(node.upstream))
+    if unknown:
+        raise ValueError(f"node {node.label}: inputs {unknown} name no stage; a stage's nodes read others with "
+                         "Node.reads(role=node)")
     files = NodeFiles(store.node_dir(stage, key),
                       {role: store.node_dir(node.upstream[role], k) for role, k in node.inputs.items()})
     t0 = time.perf_counter()

@@ -124,8 +124,8 @@ def cost_by_stage(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, in
     """Per stage, in the order they run: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
     from workloads import backbones
 
-    out: dict[str, dict] = {s.name: {"nodes": 0, "pflop": 0.0} for s in ordered() if any(n.stage == s.name
-                                                                                          for n in nodes)}
+    present = {n.stage for n in nodes}
+    out: dict[str, dict] = {s.name: {"nodes": 0, "pflop": 0.0} for s in ordered() if s.name in present}
     for n in nodes:
         side = backbones.input_size(n.axes["backbone"], sides[n.axes["dataset"]])
         flops = STAGES.get(n.stage).passes(n, sizes[n.axes["dataset"]]) * forward_flops(n.axes["backbone"], side)

@@ -68,7 +68,7 @@ def _model(rule_names: tuple, backbone_names: tuple, task_names: tuple, attack_n
         rules=(list[one_of(allowed)], ["bp", "usf", "frsf", "brsf"]),
         baseline=(one_of(allowed), Field("bp", description=DagConfig.model_fields["baseline"].description)),
         tasks=(tasks, Field(default_factory=lambda: tasks(classification={}))),
-        resources=(resources, Field(default_factory=resources)),
+        resources=(resources, Field(resources(), description=DagConfig.model_fields["resources"].description)),
         **{k: v for s in stages for k, v in s.sections().items()},
     )
 

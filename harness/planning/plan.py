@@ -39,7 +39,7 @@ def build_plan(dag: Dag, require_data: bool = True) -> list[Node]:
     keys change once it is, so nothing is taken from the store for them."""
     data_digests = {name: data_digest(ds.root, dag.path, name, require_data)
                     for name, ds in dag.config.datasets.items()}
-    plan = Plan(dag.config, dag.path, data_digests)
+    plan = Plan(dag.config, data_digests)
     for stage in ordered():
         plan.nodes += stage.nodes(plan)
     return plan.nodes

@@ -3,7 +3,7 @@
 A stage says everything the rooms above need of it, so none of them names a stage:
 - `name`, and `level`: where its nodes run in the order (every input at a lower level);
 - `sections()` and `dataset_sections()`: its keys in a DAG and under each dataset, with their types and defaults;
-- `resources`: the `resources.<group>` entry its trials ask Ray for;
+- `resource_group`: the `resources.<group>` entry of the DAG its trials ask Ray for (default: its name);
 - `check(dag)`: checks across sections, once the DAG is read;
 - `nodes(plan)`: its nodes, from the DAG and the nodes of the levels before it, each keyed by what determines it;
 - `run(node, files, progress)`: one node to completion, without Ray: it reads its inputs' folders and writes its own;
@@ -75,11 +75,10 @@ class NodeFiles:
 
 @dataclass
 class Plan:
-    """What a stage plans from: the DAG (and its file, for errors), each dataset's fingerprint (the hash of its
-    manifest: the data, not the folder it sits in) and the nodes of the levels planned before it."""
+    """What a stage plans from: the DAG, each dataset's digest (the hash of its manifest: the data, not the folder
+    it sits in) and the nodes of the levels planned before it."""
 
     dag: DagConfig
-    path: str
     data_digests: dict[str, str]
     nodes: list[Node] = field(default_factory=list)
 
@@ -92,13 +91,13 @@ class Stage:
 
     name: ClassVar[str]
     level: ClassVar[int]
-    resources: ClassVar[str | None] = None  # the resource group (None: its own name)
+    resource_group: ClassVar[str | None] = None  # the DAG's `resources` entry its trials take (None: its name)
     trains: ClassVar[bool] = False  # its nodes train a model (what `harness plan` counts as trainings)
     artifacts: ClassVar[tuple[str, ...]] = ()  # files of a node's folder logged with its MLflow run
 
     @property
     def group(self) -> str:
-        return self.resources or self.name
+        return self.resource_group or self.name
 
     def sections(self) -> dict[str, tuple[Any, Any]]:
         """DAG key -> (type, default or pydantic Field): the sections it reads."""
@@ -109,7 +108,7 @@ class Stage:
         return {}
 
     def check(self, dag: DagConfig) -> None:
-        """Raise `workloads.settings.Invalid` where the DAG's sections do not fit together."""
+        """Raise `workloads.errors.Invalid` where the DAG's sections do not fit together."""
 
     def nodes(self, plan: Plan) -> list[Node]:
         raise NotImplementedError

@@ -13,30 +13,16 @@ from pydantic import Field
 from harness.stages.attack import OUTCOMES
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
 from workloads.attacks import AttackConfig, ConvergeSettings, get_attack
+from workloads.attacks.outcomes import survivors
 from workloads.tasks import get_task
 
 RERUN = "re-run "
 
 
-def survivors(tables: list[pl.DataFrame], eps: float) -> list[int]:
-    """The images robust at L-inf budget `eps` under every one of these attack outcome tables that saw them (each
-    at its largest budget <= eps): what the convergence re-run attacks."""
-    parts = []
-    for t in tables:
-        below = t.filter((pl.col("norm") == "linf") & (pl.col("eps") <= eps + 1e-12)) if "norm" in t.columns \
-            else t.filter(pl.col("eps") <= eps + 1e-12)
-        if not below.is_empty():
-            parts.append(below.filter(pl.col("eps") == below["eps"].max()).select("image", "robust"))
-    if not parts:
-        return []
-    per_image = pl.concat(parts).group_by("image").agg(pl.col("robust").all())
-    return sorted(per_image.filter(pl.col("robust"))["image"].to_list())
-
-
 @register_stage
 class Converge(Stage):
     name, level = "converge", 4
-    resources = "attack"
+    resource_group = "attack"
     artifacts = (OUTCOMES,)
 
     def sections(self) -> dict:
@@ -60,7 +46,7 @@ class Converge(Stage):
                 continue
             cfg = AttackConfig.model_construct(attack=conv.attack, source="exact", eps=[eps],
                                                n=max(n.config.n for n in evidence), batch_size=conv.batch_size,
-                                               params=conv.parsed_params, device=dag.device, diagnostics=False)
+                                               params=conv.params, device=dag.device, diagnostics=False)
             inputs = {"model": ft, **{f"evidence {i}": n for i, n in enumerate(evidence)}}
             keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"})
             key = digest({"stage": self.name, "config": keyed, "inputs": {r: n.key for r, n in inputs.items()}})

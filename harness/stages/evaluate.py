@@ -10,7 +10,7 @@ from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, T
 from harness.stages.tables import rule_order, sort_rules
 from workloads.evaluate import EvaluateSettings
 from workloads.names import Metric, Passes
-from workloads.tasks import get_task
+from workloads.tasks import TASKS, get_task
 
 
 @register_stage
@@ -53,6 +53,8 @@ def clean_table(ev: pl.DataFrame) -> pl.DataFrame:
     """Per dataset, backbone and task: each rule's clean metric (the task's own: top-1 or mAP), mean over seeds."""
     out = []
     for r in ev.iter_rows(named=True):
+        if r["task"] not in TASKS.names():  # an old run's task no longer registered: its metric is unknown
+            continue
         task = get_task(r["task"])
         value = r.get(f"metrics.{task.metric}")
         if value is not None:

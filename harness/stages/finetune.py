@@ -11,7 +11,7 @@ from pydantic import Field
 
 from harness.config.grid import DagConfig
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
-from harness.stages.pretrain import trained, training_config, training_metrics
+from harness.stages.training import trained, training_config, training_metrics
 from workloads.config import FinetuneSettings
 from workloads.errors import Invalid
 from workloads.names import Passes

@@ -5,46 +5,10 @@ A DAG with `weights: imagenet` (or a weights file) has no pretrain stage: fine-t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, finite, register_stage
-from workloads.config import PretrainSettings, StageConfig
-from workloads.datasets.options import DataOptions
+from harness.stages.base import Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
+from harness.stages.training import trained, training_config, training_metrics
+from workloads.config import PretrainSettings
 from workloads.names import Passes
-from workloads.tasks import get_task
-
-
-def training_config(plan: Plan, dataset: str, backbone: str, seed: int, **more) -> StageConfig:
-    """A training node's settings, from the DAG's (checked when it was read: nothing is checked again); `more`
-    sets the task, the fine-tuning settings or the rule."""
-    dag, entry = plan.dag, plan.dag.datasets[dataset]
-    data = DataOptions.model_construct(**{k: getattr(entry, k) for k in DataOptions.model_fields})
-    task = get_task("classification").Config.model_construct(name="classification")
-    return StageConfig.model_construct(**{
-        "backbone": backbone, "weights": dag.weights, "data": data, "task": task, "pretrain": dag.pretrain,
-        "finetune": dag.finetune, "rule": dag.baseline, "seed": seed, "device": dag.device, **more})
-
-
-def trained(files: NodeFiles, progress: Progress, epochs: int,
-            train: Callable[[Path, Callable[[int, dict], None]], Path]) -> dict:
-    """Run a training function (`train(checkpoint path, on_epoch)`) into the node's folder, each epoch a progress
-    line; the checkpoint's numbers."""
-    from workloads.checkpoint import load_checkpoint
-
-    def on_epoch(epoch: int, row: dict) -> None:
-        progress({"epoch": epoch + 1, "epochs": epochs, "loss": row["loss"]})
-
-    ckpt = load_checkpoint(train(files.folder / MODEL, on_epoch))
-    return {"metrics": ckpt["metrics"], "history": ckpt["history"]}
-
-
-def training_metrics(result: dict) -> dict[str, float]:
-    """A training node's numbers: its final metrics and the loss of every epoch."""
-    out = {k: v for k, v in result.get("metrics", {}).items() if finite(v)}
-    for i, row in enumerate(result.get("history", [])):
-        out[f"train_loss/epoch_{i + 1}"] = row["loss"]
-    return out
 
 
 @register_stage
@@ -62,7 +26,7 @@ class Pretrain(Stage):
         for ds_name in dag.datasets:
             for backbone in dag.backbones:
                 for seed in dag.seeds:
-                    cfg = training_config(plan, ds_name, backbone, seed)
+                    cfg = training_config(plan, ds_name, backbone, seed, rule="bp")  # pre-training is BP
                     keyed = cfg.model_dump(include={"backbone", "seed", "weights", "data", "pretrain"})
                     # the manifest's hash names the data, not the folder it sits in
                     for k in ("root", "target_classes", "db_limit"):

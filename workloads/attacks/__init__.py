@@ -18,9 +18,10 @@ from workloads.attacks.base import (
     gradient_cost,
     project,
 )
+from workloads.attacks.outcomes import write_outcomes
 from workloads.attacks.registry import ATTACKS, available_attacks, get_attack, register_attack
 from workloads.attacks.run import attack, check_attack, gradient_cosine, run_attack
-from workloads.attacks.stage import AttackConfig, ConvergeSettings, attack_checkpoint, run_config, write_outcomes
+from workloads.attacks.stage import AttackConfig, ConvergeSettings, attack_checkpoint, run_config
 
 __all__ = ["ATTACKS", "GRADIENT_SOURCES", "AttackConfig", "AttackContext", "AttackSpec", "Budgets", "ConvergeSettings",
            "Steps", "attack", "attack_checkpoint", "available_attacks", "check_attack", "check_eps", "get_attack",

@@ -4,7 +4,8 @@ An attack is crafted against a *crafting model* and scored on the *target model*
 the crafting model (docs/protocol.md, "Attacks"):
 - `rule`: the target as trained, differentiated through its rule's backward (the paper's protocol);
 - `exact`: the same weights with exact autograd (`handle.exact()`): the honest white-box number;
-- `transfer`: the BP-fine-tuned sibling (same backbone, data, seed); the examples are then scored on the target.
+- `transfer`: the sibling fine-tuned with the baseline rule (bp by default; same backbone, data, task, seed); the
+  examples are then scored on the target.
 
 Families:
 - `gradient`: white-box on a classifier (fgsm, pgd, apgd, autoattack); takes a gradient source;
@@ -160,7 +161,8 @@ Budgets = Annotated[list[float], AfterValidator(lambda grid: check_eps(grid, "l2
 def require_sibling(source: str | None, sibling: object | None) -> None:
     """A transfer attack crafts on the baseline's twin: refuse to start without it."""
     if source == "transfer" and sibling is None:
-        raise ConfigError("gradient source 'transfer' needs the BP-fine-tuned sibling (sibling=...)")
+        raise ConfigError("gradient source 'transfer' needs the sibling fine-tuned with the baseline rule "
+                          "(sibling=...)")
 
 
 def gradient_cost(steps: int, restarts: int = 1) -> float:

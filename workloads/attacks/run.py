@@ -70,11 +70,12 @@ def run_attack(target, spec: AttackSpec, source: str | None, eps_grid: list[floa
     broken at this or a smaller eps; `robust_raw`: by this eps's own run), or for hashing `clean_ap`, `ap` and
     `ap_raw`; the perturbation's `linf` and `l2`; `invalid` (a break the re-check refused).
 
-    `sibling` (the BP-fine-tuned twin) is needed for source 'transfer'; `database` (batches of the retrieval
-    database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones. Budgets run
-    in increasing order and are nested: an image broken at eps counts as broken at every larger eps. A break counts
-    only if the adversarial image passes the re-check (within eps of the clean one, inside [0, 1], scored by the
-    target in eval mode); the others are counted in `invalid`. `on_row` sees each row as soon as it is measured.
+    `sibling` (the twin fine-tuned with the baseline rule) is needed for source 'transfer'; `database` (batches of
+    the retrieval database split) for hashing models. Crafting at eps = 0 is skipped: the images are the clean ones.
+    Budgets run in increasing order and are nested: an image broken at eps counts as broken at every larger eps. A
+    break counts only if the adversarial image passes the re-check (within eps of the clean one, inside [0, 1],
+    scored by the target in eval mode); the others are counted in `invalid`. `on_row` sees each row as soon as it
+    is measured.
     """
     require_sibling(source, sibling)
     task = target.task

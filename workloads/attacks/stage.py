@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field, PrivateAttr, SerializeAsAny, model_validator
+from pydantic import Field, SerializeAsAny, WithJsonSchema, model_validator
 
 from workloads.attacks.base import require_sibling
 from workloads.attacks.registry import get_attack
@@ -24,7 +24,6 @@ from workloads.attacks.run import gradient_cosine, run_attack
 from workloads.checkpoint import load_model
 from workloads.datasets import load_manifest
 from workloads.errors import ConfigError, Invalid
-from workloads.files import atomic_write
 from workloads.inputs import make_reader, split_names
 from workloads.settings import Count, Device, Limit, Section, Seed
 from workloads.settings import validate as validate_settings
@@ -71,6 +70,9 @@ class AttackConfig(AttackSample):
         return data
 
 
+RERUN_PARAMS = {"loss": "dlr", "steps": 100, "restarts": 2}
+
+
 class ConvergeSettings(Section):
     """The convergence re-run (docs/evaluation.md, "Convergence"): after every attack on a classifier, one more
     exact-gradient attack with more steps, restarts and a margin loss (which does not saturate the way
@@ -79,29 +81,27 @@ class ConvergeSettings(Section):
 
     attack: str = "apgd"
     """A white-box classification attack (registered name)."""
-    params: dict = {"loss": "dlr", "steps": 100, "restarts": 2}
-    """Its parameters: stronger than the grid's (APGD-DLR, 100 steps, 2 restarts by default)."""
+    # always the attack's own model (the validator below parses it); the default is for the schema
+    params: Annotated[SerializeAsAny[Section], WithJsonSchema({"type": "object"})] = RERUN_PARAMS
+    """Its parameters, checked by the attack: stronger than the grid's (APGD-DLR, 100 steps, 2 restarts by
+    default)."""
     batch_size: Count = 250
     """Images per batch."""
-    _parsed: Section = PrivateAttr(default_factory=Section)
 
-    @property
-    def parsed_params(self) -> Section:
-        """`params` as the attack's own model, checked once, here."""
-        return self._parsed
-
-    @model_validator(mode="after")
-    def _known(self) -> ConvergeSettings:
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # not a mapping: the model's own error says what is wrong
+        name = data.get("attack", "apgd")
         try:
-            spec = get_attack(self.attack)
+            spec = get_attack(name)
         except ConfigError as exc:
             raise Invalid("attack", str(exc)) from None
         if spec.family != "gradient":
-            raise Invalid("attack", f"{self.attack!r} is a {spec.family} attack; the re-run needs a white-box "
+            raise Invalid("attack", f"{name!r} is a {spec.family} attack; the re-run needs a white-box "
                           "classification attack with an exact gradient (apgd, pgd)")
-        self._parsed = spec.parse(self.params, "converge.params")
-        self.params = self._parsed.model_dump()
-        return self
+        return {**data, "params": spec.parse(data.get("params", RERUN_PARAMS), "converge.params")}
 
 
 def attack_checkpoint(checkpoint: str | Path, attack_name: str, source: str | None, eps_grid: list[float],
@@ -157,8 +157,3 @@ def _select(batches: list, images: list[int], batch_size: int) -> list:
     index = torch.tensor(images)
     x, y = x[index], y[index]
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-
-
-def write_outcomes(outcomes: pl.DataFrame, path: str | Path) -> Path:
-    """The per-image table as parquet, written whole or not at all (`workloads.files.atomic_write`)."""
-    return atomic_write(path, outcomes.write_parquet)

@@ -36,9 +36,9 @@ def prepare(
     """Shards for dataset `name` in `out`. Returns (manifest, whether anything was written)."""
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
-    source: Adapter = get_adapter(name)(src, download=download, **source_options)
+    adapter: Adapter = get_adapter(name)(src, download=download, **source_options)
     out = Path(out)
-    fingerprint = source.fingerprint()
+    fingerprint = adapter.fingerprint()
     options = {"shard_size": shard_size, **{k: str(v) for k, v in source_options.items() if v is not None}}
     if not force and (out / MANIFEST).is_file():
         try:
@@ -51,8 +51,8 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = source.index(tmp, progress) if source.in_place else _write(source, tmp, shard_size, progress)
-        manifest.source = {"name": name, "path": str(source.locate()), "fingerprint": fingerprint, "options": options}
+        manifest = adapter.index(tmp, progress) if adapter.in_place else _write(adapter, tmp, shard_size, progress)
+        manifest.source = {"name": name, "path": str(adapter.locate()), "fingerprint": fingerprint, "options": options}
         (tmp / MANIFEST).write_text(manifest.to_json())
         _swap_into_place(tmp, out)
     except BaseException:
@@ -117,16 +117,16 @@ class _SplitWriter:
 
 
 def _write(
-    source: Adapter, folder: Path, shard_size: int, progress: Callable[[str, int, int | None], None] | None
+    adapter: Adapter, folder: Path, shard_size: int, progress: Callable[[str, int, int | None], None] | None
 ) -> Manifest:
-    classes = source.classes()
-    kind = source.label_kind
+    classes = adapter.classes()
+    kind = adapter.label_kind
     splits: dict[str, SplitInfo] = {}
-    image = dict(source.image_info())
-    for split in source.split_names():
-        total = source.split_size(split)
+    image = dict(adapter.image_info())
+    for split in adapter.split_names():
+        total = adapter.split_size(split)
         writer = _SplitWriter(folder, split, kind, shard_size)
-        for sample in source.samples(split):
+        for sample in adapter.samples(split):
             labels = [sample.label] if kind == "single" else list(sample.label)
             for lab in labels:
                 if not isinstance(lab, int) or not 0 <= lab < len(classes):
@@ -140,11 +140,11 @@ def _write(
                 progress(split, writer.count, total)
         writer.flush()
         if writer.count == 0:
-            raise DataError(f"split {split!r} of {source.name} at {source.locate()} is empty")
+            raise DataError(f"split {split!r} of {adapter.name} at {adapter.locate()} is empty")
         splits[split] = SplitInfo(count=writer.count, shards=writer.shards,
                                   class_counts=dict(sorted(writer.split_counts.items())))
         image["encoding"] = writer.encoding
-    return Manifest(dataset=source.name, label_kind=kind, classes=classes, image=image, splits=splits, source={})
+    return Manifest(dataset=adapter.name, label_kind=kind, classes=classes, image=image, splits=splits, source={})
 
 
 def _check_shape(image: dict, sample, key: str) -> None:
