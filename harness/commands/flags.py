@@ -45,11 +45,10 @@ def _shown(default: Any) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: set[str] | frozenset = frozenset(),
-              positional: tuple[str, ...] = (), names: dict[str, tuple[str, ...]] | None = None,
-              extra: dict[str, dict] | None = None, note: str = "") -> None:
-    """A flag per field of `model` (but `skip`); `positional` fields are optional positional arguments, `names`
-    gives a field other spellings (`{"n": ("-n", "--images")}`), `extra` more argparse keywords for a field (and
-    `flags`, its spellings), `note` goes before each help text."""
+              positional: tuple[str, ...] = (), extra: dict[str, dict] | None = None, note: str = "") -> None:
+    """A flag per field of `model` (but `skip`); `positional` fields are optional positional arguments, `extra`
+    more argparse keywords for a field (and `flags`, other spellings: `{"n": {"flags": ("-n", "--images")}}`), `note`
+    goes before each help text."""
     for name, info in model.model_fields.items():
         if name in skip:
             continue
@@ -65,7 +64,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: 
             kwargs.pop("dest")
             parser.add_argument(name, nargs="?", type=_converter(info.annotation), **kwargs)
             continue
-        flags = spelled or (names or {}).get(name) or (f"--{name.replace('_', '-')}",)
+        flags = spelled or (f"--{name.replace('_', '-')}",)
         if settings.unwrap(info.annotation)[0] is bool:
             kwargs.setdefault("action", argparse.BooleanOptionalAction if info.default else "store_true")
         elif "action" not in kwargs:

@@ -44,7 +44,8 @@ def add(p: argparse.ArgumentParser) -> None:
                          "row per eps (robust accuracy or mAP, success rate, perturbation sizes, queries) plus the "
                          "cosine between the rule's and the exact input gradient.")
     a.add_argument("checkpoint")
-    add_flags(a, AttackConfig, skip={"params"}, names={"n": ("-n", "--images"), "images": ("--only-images",)})
+    add_flags(a, AttackConfig, skip={"params"},
+              extra={"n": {"flags": ("-n", "--images")}, "images": {"flags": ("--only-images",)}})
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="an attack parameter, e.g. --param steps=50 (docs/extending.md lists each attack's)")
     a.add_argument("--sibling", default=None, help="the checkpoint of the twin fine-tuned with the baseline "
