@@ -81,6 +81,8 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
      "attacks[0].params.step: unknown key; allowed: steps, alpha_factor, random_start (did you mean 'steps'?)"),
     ({"rules": ["frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "sources": ["transfer"]}]},
      "'transfer' crafts on the sibling fine-tuned with the baseline rule (bp): add bp to rules"),
+    ({"rules": ["bp", "frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "rules": ["frsf"]}]},
+     "attacks[0].rules: every attack also runs on the baseline's model (bp), on the same images"),
     ({"experiment": "a/b"}, "experiment: required: a name of letters"),
     ({"colour": "red"}, "colour: unknown key; allowed: "),
     ({"datasets": {"fm": {"root": "x", "source_classes": [0, 1], "target_classes": [1, 2]}}},
@@ -120,7 +122,7 @@ def test_missing_data_is_an_error_before_compute(tmp_path):
 def test_plan_trains_each_model_once_and_keys_follow_inputs(shards):
     nodes = build_plan(_smoke(shards))
     by_stage = {s: [n for n in nodes if n.stage == s] for s in ("pretrain", "finetune", "evaluate", "attack")}
-    assert [len(v) for v in by_stage.values()] == [1, 4, 4, 13]
+    assert [len(v) for v in by_stage.values()] == [1, 4, 4, 14]
     assert len({n.key for n in nodes}) == len(nodes)
     pre = by_stage["pretrain"][0].key
     assert all(n.inputs == {"pretrained": pre} for n in by_stage["finetune"])

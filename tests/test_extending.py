@@ -181,8 +181,8 @@ def test_a_dag_of_plugins_runs_on_ray_and_its_report_has_the_new_task_and_stage(
 
     verdicts = pl.read_csv(results / "verdicts.csv")
     smoothed = verdicts.filter((pl.col("task") == "smoothed") & (pl.col("rule") == "scf"))
-    assert smoothed.height == 1 and smoothed["verdict"][0] not in ("", None), verdicts
-    assert "**scf** (mine/resnet18/smoothed, this model: seed 0)" in (results / "README.md").read_text()
+    assert smoothed.height == 1 and smoothed["robustness"][0] not in ("", None), verdicts
+    assert "**scf** (mine/resnet18/smoothed, seed 0, eps " in (results / "README.md").read_text()
     calibration = pl.read_csv(results / "calibration.csv")
     assert sorted(calibration["task"].unique().to_list()) == ["classification", "smoothed"]
     assert calibration["ECE"].is_between(0, 1).all()

@@ -102,7 +102,7 @@ def test_driver_killed_in_every_stage_resumes_without_redoing_work_and_reports_t
     work = tmp_path / "killed"
     cmd = _args(data, work)
     triggers = {"pretrain": "[pretrain] 1 nodes: 0 cached, 1 to run", "finetune": "[finetune 1/4 done]",
-                "evaluate": "[evaluate 1/4 done]", "attack": "[attack 3/13 done]"}
+                "evaluate": "[evaluate 1/4 done]", "attack": "[attack 3/14 done]"}
     kills, before = 0, {}
     for stage, trigger in triggers.items():
         log, _ = _run_until(cmd, tmp_path, trigger, lambda p: os.kill(p.pid, signal.SIGKILL))

@@ -28,7 +28,7 @@ def _runs(work: Path, experiment: str = "smoke"):
 def test_first_run_executes_every_node_and_reports(smoke):
     work, _, first, _ = smoke
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "ran: pretrain 1, finetune 4, evaluate 4, attack 13" in first.stderr
+    assert "ran: pretrain 1, finetune 4, evaluate 4, attack 14" in first.stderr
     assert "[finetune 0/4 done]" in first.stderr and "epoch 1/1" in first.stderr  # live progress
     runs = _runs(work)
     parents = [r for r in runs if r.data.tags.get("harness.kind") == "run"]
@@ -66,7 +66,7 @@ def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
     third = harness(*args, "--no-report", cwd=work)
     assert third.returncode == 0 and "nothing changed since the complete run of" in third.stderr, third.stderr
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 0" in third.stderr and "cached: pretrain 1, " \
-        "finetune 4, evaluate 4, attack 13" in third.stderr
+        "finetune 4, evaluate 4, attack 14" in third.stderr
     assert (work / "out" / "mlflow.db").stat().st_mtime_ns == db.st_mtime_ns
     assert len([r for r in _runs(work) if r.data.tags.get("harness.kind") == "run"]) == parents
     changed = harness(*args, "--no-report", "--set", "attacks.1.eps=[0,0.05]", cwd=work)

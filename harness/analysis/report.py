@@ -1,10 +1,10 @@
 """`harness report EXPERIMENT`: MLflow runs -> polars -> the tables and figure docs/protocol.md ("The report") lists.
 
-Writes `results/<experiment>/`: verdicts.{csv,md} and hashing_worst.{csv,md} (the per-model worst case at the
-primary budget, with intervals), then every stage's own tables (evaluate: clean, diagnostics; attack: robustness
-with its figure, hashing_attacks, blackbox, blackbox_l2), and README.md with all of them and one verdict line per
-cell. Tables are keyed by task kind: a task of your own of an existing kind lands in its kind's tables and
-verdicts.
+Writes `results/<experiment>/`: verdicts.{csv,md} (each cell's two answers), worst_case_curve.{csv,md,png} (the
+robustness curve) and hashing_worst.{csv,md} (the per-model worst case at the primary budget, with intervals), then
+every stage's own tables (evaluate: clean, diagnostics; attack: robustness with its figure, hashing_attacks,
+blackbox, blackbox_l2), and README.md with all of them and one line of answers per cell. Tables are keyed by task
+kind: a task of your own of an existing kind lands in its kind's tables and answers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 import rules
+from harness.analysis.curves import curve_figure, worst_case_curve
 from harness.analysis.outcomes import retrieval_worst_case
 from harness.analysis.runs import load_outcomes, load_rows, load_runs, logged_settings
 from harness.analysis.verdicts import verdict_report
@@ -26,6 +27,7 @@ from workloads.errors import ConfigError
 
 KINDS = ("classification", "hashing")  # the task kinds whose per-image outcomes the verdicts read
 SHOWN = ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2")
+CHOSEN_BY = "verdicts.primary"  # the DAG's own budgets: how the primary budget was chosen, as the table says
 
 
 def markdown(df: pl.DataFrame, digits: int = 3) -> str:
@@ -92,20 +94,28 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     except ConfigError as exc:
         notes.append(f"{exc}: what they registered is left out of this report.")
     outcomes = {kind: load_outcomes(runs, tracking_uri, kind) for kind in KINDS}
-    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline)
+    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline, CHOSEN_BY)
+    curves = [c for c in (worst_case_curve(o) for o in outcomes.values()) if not c.is_empty()]
+    curve = pl.concat(curves, how="diagonal") if curves else pl.DataFrame()
     tasks = [t for t in runs["task"].unique().to_list() if t is not None]
     primary = {t: eps for t in tasks if (eps := settings.for_task(settings.primary, t)) is not None}
     budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in primary.items())
     retrieval_eps, retrieval = _retrieval(outcomes["hashing"],
                                           {t: e for t, e in primary.items() if kind_of(t) == "hashing"})
     tables = {
-        "verdicts": (f"Verdicts at the primary budget ({budgets}; margin {settings.delta:g}): clean and worst-case "
-                     "accuracy with Wilson 95% intervals (hashing: mAP with bootstrap intervals over queries), the "
-                     "checklist (docs/evaluation.md)", verdict_table),
+        "verdicts": (f"Answers at the primary budget ({budgets}, from `{CHOSEN_BY}`; margin {settings.delta:g}): "
+                     f"robustness against {baseline} and gradient honesty, each with its 90% interval and "
+                     "Holm-adjusted p-value; clean and worst-case accuracy with Wilson 95% intervals (hashing: mAP "
+                     "with BCa bootstrap intervals over queries); the checklist (docs/evaluation.md)", verdict_table),
+        "worst_case_curve": ("The robustness curve: per model, the per-image worst case over every attack at each "
+                             "L-inf budget of the grid, on the images every model of its panel saw, with 95% "
+                             "intervals", curve),
         "hashing_worst": (f"Retrieval worst case at eps {retrieval_eps}: the mAP of each query's lowest AP over "
                           "every hashing attack and source, with bootstrap 95% intervals over queries", retrieval),
     }
     figures: dict[str, Path] = {}
+    if (drawn := curve_figure(curve, out / "worst_case_curve.png", baseline)) is not None:
+        figures["worst_case_curve"] = drawn
     for stage in ordered():
         has_rows = type(stage).rows is not Stage.rows  # a stage without rows costs no artifact download
         rows = load_rows(runs, tracking_uri, stage.name) if has_rows else pl.DataFrame()

@@ -4,8 +4,11 @@
 - `bootstrap_mean`: a mean's 95% bootstrap interval (mAP over queries);
 - `paired_greater`: "a above b" on paired outcomes (two models or attacks on the same images): the exact one-sided
   McNemar test (`mcnemar_greater`) on 0/1 outcomes, a one-sided paired t-test on AP values;
-- `greater_by` / `equivalent`: paired tests against a margin delta (one-sided; and equivalence within +-delta);
-- `holm`: Holm's correction over the cells of a report;
+- `greater_by`: a paired one-sided test against a margin delta;
+- `difference_interval`, `share_interval`, `mean_interval`: (1 - 2 alpha) intervals of a paired difference of 0/1
+  outcomes, of a share, of a mean (BCa bootstrap), and `read`, which reads a region off such an interval and gives
+  the p-value of that reading (the smallest alpha at which the interval lies in the region);
+- `holm` and `bonferroni`: Holm's correction over the cells of a report, Bonferroni inside a minimum;
 - `t_interval`: a mean's t-interval across training seeds;
 - `images_to_decide`: roughly how many images a test would need, if the effect seen so far held.
 Paired outcomes are arrays over the same images (or queries), in the same order: boolean arrays are 0/1 outcomes
@@ -16,6 +19,9 @@ t-tests, with the sign test where the differences have no spread (the t statisti
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -34,13 +40,13 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def bootstrap_mean(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """A mean's 95% BCa bootstrap interval (an mAP over queries; skewed AP values leave a percentile interval short
+    of its coverage at a few dozen queries)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2 or np.all(values == values[0]):
         v = float(values[0]) if len(values) else math.nan
         return v, v
-    ci = stats.bootstrap((values,), np.mean, confidence_level=1 - ALPHA, n_resamples=2000, method="percentile",
-                         rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
+    return mean_interval(values, ALPHA / 2, seed)
 
 
 def _binary(a: np.ndarray) -> bool:
@@ -88,23 +94,6 @@ def greater_by(a: np.ndarray, b: np.ndarray, delta: float) -> float:
     return _mean_above(d, delta)
 
 
-def equivalent(a: np.ndarray, b: np.ndarray, delta: float) -> float:
-    """p-value of '|mean(a) - mean(b)| < delta' on paired outcomes in [0, 1]. A paired difference is at most 1, so
-    the difference of means is at most the share of pairs that differ at all, tested exactly (valid at any n, even
-    with no differing pair); where the differences go both ways, two one-sided t-tests too, with a Bonferroni factor
-    for taking the better of the two."""
-    d = _differences(a, b)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    bound = float(stats.binomtest(int((d != 0).sum()), n, delta, alternative="less").pvalue)
-    if not (d > 0).any() or not (d < 0).any():
-        return bound
-    tost = max(float(stats.ttest_1samp(d, -delta, alternative="greater").pvalue),
-               float(stats.ttest_1samp(d, delta, alternative="less").pvalue))
-    return min(1.0, 2 * min(bound, tost))
-
-
 def holm(pvalues: list[float]) -> list[float]:
     if not pvalues:
         return []
@@ -133,3 +122,127 @@ def images_to_decide(a: np.ndarray, b: np.ndarray, delta: float) -> int | None:
     if n == 0 or sd == 0 or gap == 0:
         return None
     return int(math.ceil(n * (Z / (gap / (sd / math.sqrt(n)))) ** 2))
+
+
+# ---- intervals, and the decisions read off them -------------------------------------------------------------------
+# Every decision of a verdict is read off one (1 - 2 alpha) interval: lying above +delta, below -delta or inside
+# +-delta are regions that cannot overlap, and "the interval lies in the region" at alpha is the one-sided test at
+# alpha (the two one-sided tests, for equivalence). Its p-value, for Holm over the cells of a report, is the smallest
+# alpha at which it still lies there.
+
+def share_interval(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """A (1 - 2 alpha) Clopper-Pearson interval of a share k/n: each bound is the exact one-sided bound at alpha."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """A (1 - 2 alpha) interval of mean(a) - mean(b) on paired 0/1 outcomes. The difference is d * (2 t - 1), with d
+    the share of discordant pairs and t the share of them in a's favour; each gets an exact Clopper-Pearson interval
+    at 1 - alpha (t conditional on the discordant count), and the difference's interval is their product's range:
+    each one-sided bound errs with probability at most alpha (Bonferroni over the two). Exact at any n, conservative;
+    with no discordant pair it is +-(the bound on d), which a small sample keeps wide."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    if n == 0:
+        return math.nan, math.nan
+    d_lo, d_hi = share_interval(only_a + only_b, n, alpha / 2)
+    t_lo, t_hi = share_interval(only_a, only_a + only_b, alpha / 2) if only_a + only_b else (0.0, 1.0)
+    lows, highs = [d * (2 * t_lo - 1) for d in (d_lo, d_hi)], [d * (2 * t_hi - 1) for d in (d_lo, d_hi)]
+    return float(min(lows)), float(max(highs))
+
+
+def mean_interval(values: np.ndarray, alpha: float = ALPHA, seed: int = 0,
+                  _result: object = None) -> tuple[float, float]:
+    """A (1 - 2 alpha) interval of the mean of values in [-1, 1] (paired AP differences, or APs): the BCa bootstrap.
+    Values with no spread (all c) have no bootstrap distribution: the exact bound on the share of values other than
+    c (Clopper-Pearson, none seen) bounds the mean within [c - s (1 + c), c + s (1 - c)]."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan
+    if np.ptp(values) < 1e-12:
+        c, s = float(values[0]), share_interval(0, len(values), alpha)[1]
+        return c - s * (1 + c), c + s * (1 - c)
+    with warnings.catch_warnings():  # far in the tails BCa may have no quantile: nan, which decides nothing
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap((values,), np.mean, confidence_level=1 - 2 * alpha, method="BCa",
+                             n_resamples=0 if _result else RESAMPLES, bootstrap_result=_result,
+                             rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+RESAMPLES = 4000  # a bootstrap resolves p-values down to about one over its resamples
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An estimate read off its interval: the value, the nominal (1 - 2 alpha) interval, the region it lies in
+    (None: none) and that reading's p-value."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+    region: str | None
+    p: float
+    floor: float = 1e-16  # the smallest p-value the interval resolves: a p-value there means "at most"
+
+
+def read(interval: Callable[[float], tuple[float, float]], value: float, n: int,
+         regions: dict[str, Callable[[float, float], bool]], floor: float = 1e-16) -> Reading:
+    """Which of `regions` (which must not overlap) the interval lies in, and the p-value of that reading: the smallest
+    alpha >= floor at which the (1 - 2 alpha) interval still lies there (bisection: intervals shrink as alpha
+    grows). A reading of no region has p 1."""
+    lo, hi = interval(ALPHA)
+    at_most = 0.5 - 1e-9
+    inside = [name for name, holds in regions.items() if holds(*interval(at_most))]
+    if not inside:
+        return Reading(value, lo, hi, n, None, 1.0)
+    holds = regions[inside[0]]
+    low, high = math.log(floor), math.log(at_most)  # log alpha: the region holds at `high`, not known at `low`
+    if holds(*interval(floor)):
+        return Reading(value, lo, hi, n, inside[0], floor, floor)
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if holds(*interval(math.exp(mid))) else (mid, high)
+    return Reading(value, lo, hi, n, inside[0], math.exp(high), floor)
+
+
+def read_difference(a: np.ndarray, b: np.ndarray, regions: dict[str, Callable[[float, float], bool]]) -> Reading:
+    """mean(a) - mean(b) on paired outcomes, read against `regions`: the exact interval on 0/1 outcomes, BCa on
+    values (the bootstrap drawn once and reused at every alpha)."""
+    d = _differences(a, b)
+    if _binary(a) and _binary(b):
+        return read(lambda alpha: difference_interval(a, b, alpha), float(d.mean()) if len(d) else math.nan,
+                    len(d), regions)
+    return _read_mean(d, regions)
+
+
+def read_share(hits: np.ndarray, regions: dict[str, Callable[[float, float], bool]]) -> Reading:
+    """The mean of values that are >= 0 by construction (0/1: a share, with its exact interval; else BCa)."""
+    if _binary(hits):
+        k, n = int(np.sum(hits)), len(hits)
+        return read(lambda alpha: share_interval(k, n, alpha), k / n if n else math.nan, n, regions)
+    return _read_mean(np.asarray(hits, dtype=float), regions, at_least=0.0)
+
+
+def _read_mean(d: np.ndarray, regions: dict[str, Callable[[float, float], bool]],
+               at_least: float = -1.0) -> Reading:
+    """The mean of d, with its BCa interval (no lower than `at_least`, a bound d has by construction)."""
+    value = float(d.mean()) if len(d) else math.nan
+    if len(d) < 2 or np.ptp(d) < 1e-12:
+        return read(lambda alpha: _clip(mean_interval(d, alpha), at_least), value, len(d), regions)
+    drawn = stats.bootstrap((d,), np.mean, n_resamples=RESAMPLES, method="BCa", rng=np.random.default_rng(0))
+    return read(lambda alpha: _clip(mean_interval(d, alpha, _result=drawn), at_least), value, len(d), regions,
+                floor=1 / RESAMPLES)
+
+
+def _clip(interval: tuple[float, float], at_least: float) -> tuple[float, float]:
+    return max(interval[0], at_least), max(interval[1], at_least)
+
+
+def bonferroni(pvalues: list[float]) -> float:
+    """The p-value of the smallest of several tests, corrected for taking the smallest (1.0 where there are none)."""
+    return min(1.0, min(pvalues) * len(pvalues)) if pvalues else 1.0

@@ -1,18 +1,28 @@
-"""Per-cell verdicts from per-image outcomes (docs/evaluation.md).
+"""Per-cell answers from per-image outcomes (docs/evaluation.md).
 
 A cell is one fine-tuned model: dataset x backbone x task x rule x seed. Its evidence is the per-image outcome
-table of every attack run on it and the same for its baseline sibling (the DAG's `baseline`, bp by default). At
-the primary budget, its worst case over all attacks and gradient sources (an accuracy, or an mAP) is the headline
-number; comparisons with the baseline use only the attacks run on both, on the images both saw. The checklist is
-harness/analysis/checks.py. Verdicts, in order of precedence: invalid or attack not converged; robust beyond the
-baseline; gradient obfuscation; no gain over the baseline; inconclusive. The deciding tests are Holm-corrected over
-the cells of a report.
+table of every attack run on it and on its baseline sibling (the DAG's `baseline`, bp by default): the same attacks
+on the same images, or the cell is invalid. At the primary budget its worst case over every attack and gradient
+source (an accuracy, or an mAP) is the headline number, and the report gives two answers, each read off one
+interval with its own test:
+
+- **robustness**: is the model more robust than the baseline, equivalent to it, or less robust? The interval of the
+  paired difference (model minus baseline, per image worst case) lies above +delta, inside +-delta or below
+  -delta; anywhere else it is inconclusive. Gated by the checklist (harness/analysis/checks.py): a failed sanity
+  check makes the cell invalid, a failed convergence check "attack not converged".
+- **gradient honesty**: by how much does the model's own (rule) gradient overstate its worst case? The interval of
+  the per-image difference between the worst case through the rule's gradient and the worst case over everything
+  lies above delta (it overstates) or below it (within the margin). This flag of gradient obfuscation never hides
+  or replaces the robustness answer.
+
+Each answer's p-values are Holm-corrected over the cells of a report, one family per answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from harness.analysis import stats
@@ -26,6 +36,7 @@ from harness.analysis.checks import (
     check_bp_broken,
     check_bp_gradients_agree,
     check_converged,
+    check_equal_evidence,
     check_exact_not_weaker,
     sign_rule_above_exact,
     sign_single_step_stronger,
@@ -37,21 +48,34 @@ from harness.analysis.outcomes import (
     Estimate,
     MeanEstimate,
     Measure,
-    algorithms,
     at_budget,
     attacks_of,
     estimate,
     measure_of,
-    pair,
     worst_case,
 )
 from harness.config.verdicts import VerdictSettings
+from harness.stages.converge import RERUN
 from harness.stages.tables import rule_order
 from workloads.attacks import ATTACKS, get_attack
 from workloads.names import Metric
 
-INVALID, NOT_CONVERGED, BEYOND, OBFUSCATION, NO_GAIN, INCONCLUSIVE = (
-    "invalid", "attack not converged", "robust beyond bp", "gradient obfuscation", "no gain over bp", "inconclusive")
+# robustness against the baseline, and its gates
+MORE, EQUIVALENT, LESS, INCONCLUSIVE = "more robust than bp", "equivalent to bp", "less robust than bp", "inconclusive"
+INVALID, NOT_CONVERGED, BASELINE = "invalid", "attack not converged", "baseline"
+# gradient honesty
+OVERSTATES, WITHIN, NOT_APPLICABLE = "overstates", "within the margin", "n/a"
+
+
+def robustness_regions(delta: float) -> dict:
+    """Where the interval of model minus baseline lies: regions that cannot overlap."""
+    return {MORE: lambda lo, hi: lo > delta, LESS: lambda lo, hi: hi < -delta,
+            EQUIVALENT: lambda lo, hi: -delta < lo and hi < delta}
+
+
+def honesty_regions(delta: float) -> dict:
+    """Where the interval of the overstatement (never below 0) lies."""
+    return {OVERSTATES: lambda lo, hi: lo > delta, WITHIN: lambda lo, hi: hi < delta}
 
 
 @dataclass
@@ -63,12 +87,16 @@ class Cell:
     own: Estimate | MeanEstimate | None  # the worst case over the attacks that use the model's own (rule) gradient
     bp_worst: Estimate | MeanEstimate | None
     checks: list[Check]
-    tests: dict[str, float] = field(default_factory=dict)  # family -> raw p-value of the deciding test
-    needed: int | None = None  # images that would decide an inconclusive cell
-    verdict: str = INCONCLUSIVE
+    difference: stats.Reading | None = None  # model minus baseline, per image, same attacks and images
+    overstatement: stats.Reading | None = None  # own-gradient worst case minus the worst case, per image
+    needed: int | None = None  # images that would decide an inconclusive robustness answer
+    robustness: str = INCONCLUSIVE
+    gradient: str = NOT_APPLICABLE
+    adjusted: dict | None = None  # answer -> its Holm-adjusted p-value
     line: str = ""
     measure: Measure = ACCURACY
     baseline: str = "bp"  # the rule it is compared with
+    eps: float | None = None  # the primary budget
 
     @property
     def is_baseline(self) -> bool:
@@ -76,13 +104,16 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """The verdict in words, naming this cell's baseline."""
-        return self.verdict.replace("beyond bp", f"beyond {self.baseline}").replace("over bp", f"over {self.baseline}")
+        """The robustness answer in words, naming this cell's baseline."""
+        return self.robustness.replace(" bp", f" {self.baseline}")
 
 
 def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSettings, families: dict[str, str],
-           single_step: set[str], cosine: float | None = None, reran: bool = False) -> Cell:
-    """The checks and the deciding tests of one cell (not yet its verdict: that waits for Holm over all cells)."""
+           single_step: set[str], cosine: float | None = None, reran: bool = False,
+           bp_reran: bool | None = None) -> Cell:
+    """The checks and both readings of one cell (not yet its answers: those wait for Holm over all cells). `reran`
+    and `bp_reran`: a convergence re-run ran on the model and on the baseline (with no survivors it leaves no
+    rows); `bp_reran` defaults to `reran`."""
     def of(m: dict) -> pl.DataFrame:
         return outcomes.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
 
@@ -91,89 +122,135 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
     eps = settings.for_task(settings.primary, task)
     at, bp_at = at_budget(mine, eps), at_budget(bps, eps)
     worst, by, per_image = worst_case(at)
-    own = [(a, s) for a, s in attacks_of(at) if s == "rule"]
-    cell = Cell(model, estimate(per_image[m.clean].to_numpy()), worst, by, worst_case(at, own)[0] if own else None,
-                None, [], measure=m, baseline=baseline)
+    own_attacks = [(a, s) for a, s in attacks_of(at) if s == "rule"]
+    cell = Cell(model, estimate(per_image[m.clean].to_numpy()), worst, by,
+                worst_case(at, own_attacks)[0] if own_attacks else None, None, [], measure=m, baseline=baseline,
+                eps=eps)
+    reran = reran or any(a.startswith(RERUN) for a, _ in attacks_of(at))
+    bp_reran = reran if bp_reran is None else bp_reran or any(a.startswith(RERUN) for a, _ in attacks_of(bp_at))
     cell.checks = [check_bp_gradients_agree(bp_at, cosine, baseline), check_exact_not_weaker(at, settings.delta),
                    check_accuracy_falls_with_eps(mine),
                    check_bp_broken(bps, settings.for_task(settings.bp_broken_below, task), baseline),
+                   check_equal_evidence(at, bp_at, reran, bp_reran, baseline),
                    check_converged(at, reran),
                    sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
                    sign_single_step_stronger(at, single_step)]
-    shared = sorted(set(attacks_of(at)) & set(attacks_of(bp_at)))
-    if cell.is_baseline or not shared:
+    if own_attacks and not cell.is_baseline:
+        _, _, own_per_image = worst_case(at, own_attacks)
+        everything = per_image.filter(pl.col("image").is_in(own_per_image["image"].to_list()))
+        cell.overstatement = stats.read_share(_above(own_per_image[m.value], everything[m.value]),
+                                              honesty_regions(settings.delta))
+    if cell.is_baseline or bp_at.is_empty() or not all(c.passed is not False for c in cell.checks
+                                                        if c.name == "equal evidence"):
         return cell
-    images = set(at["image"].to_list()) & set(bp_at["image"].to_list())
-    _, _, per_mine = worst_case(at, shared, images)
-    cell.bp_worst, _, per_bp = worst_case(bp_at, shared, images)
+    images = sorted(set(at["image"].to_list()) & set(bp_at["image"].to_list()))
+    _, _, per_mine = worst_case(at, None, set(images))
+    cell.bp_worst, _, per_bp = worst_case(bp_at, None, set(images))
     r, b = per_mine[m.value].to_numpy(), per_bp[m.value].to_numpy()
-    cell.tests = {BEYOND: stats.greater_by(r, b, settings.delta), NO_GAIN: stats.equivalent(r, b, settings.delta)}
-    obfuscation = [stats.greater_by(*pair(at, (alg, "rule"), (alg, "exact")), settings.delta)
-                   for alg in algorithms(at, "rule", "exact")]
-    if obfuscation:
-        cell.tests[OBFUSCATION] = min(obfuscation)
+    cell.difference = stats.read_difference(r, b, robustness_regions(settings.delta))
     cell.needed = stats.images_to_decide(r, b, settings.delta)
     return cell
 
 
+def _above(own: pl.Series, worst: pl.Series) -> np.ndarray:
+    """Per image, how far the own-gradient outcome lies above the worst case (0/1: robust through the rule's
+    gradient, broken by some attack)."""
+    own, worst = own.to_numpy(), worst.to_numpy()
+    return own & ~worst if own.dtype == bool else np.maximum(own.astype(float) - worst.astype(float), 0.0)
+
+
 def decide(cells: list[Cell], settings: VerdictSettings) -> list[Cell]:
-    """Each cell's verdict, its deciding tests Holm-corrected over the cells, and its line."""
-    adjusted: dict[tuple[int, str], float] = {}
-    for family in (BEYOND, OBFUSCATION, NO_GAIN):
-        which = [i for i, c in enumerate(cells) if family in c.tests]
-        for i, p in zip(which, stats.holm([cells[i].tests[family] for i in which]), strict=True):
-            adjusted[(i, family)] = p
-    for i, c in enumerate(cells):
-        holds = {f: adjusted.get((i, f), 1.0) < stats.ALPHA for f in (BEYOND, OBFUSCATION, NO_GAIN)}
-        failed = [ch for ch in c.checks if ch.purpose == SANITY and ch.passed is False]
-        unconverged = [ch for ch in c.checks if ch.purpose == CONVERGENCE and ch.passed is False]
-        if c.is_baseline:
-            c.verdict = "baseline"
-        elif failed:
-            c.verdict = INVALID
-        elif unconverged:
-            c.verdict, failed = NOT_CONVERGED, unconverged
-        elif holds[BEYOND]:
-            c.verdict = BEYOND
-        elif holds[OBFUSCATION]:
-            c.verdict = OBFUSCATION
-        elif holds[NO_GAIN]:
-            c.verdict = NO_GAIN
-        else:
-            c.verdict = INCONCLUSIVE
-        c.line = _line(c, failed, {f: adjusted.get((i, f)) for f in (BEYOND, OBFUSCATION, NO_GAIN)}, settings)
+    """Each cell's two answers, their tests Holm-corrected over the cells (one family per answer), and its line."""
+    gates = {id(c): _gate(c) for c in cells}
+    robustness = [c for c in cells if not c.is_baseline and gates[id(c)] is None and c.difference is not None
+                  and c.difference.region is not None]
+    honesty = [c for c in cells if c.overstatement is not None and c.overstatement.region is not None
+               and gates[id(c)] != INVALID]
+    for c in cells:
+        c.adjusted = {}
+    for answer, group, reading in (("robustness", robustness, lambda c: c.difference),
+                                   ("gradient", honesty, lambda c: c.overstatement)):
+        for c, p in zip(group, stats.holm([reading(c).p for c in group]), strict=True):
+            c.adjusted[answer] = p
+    for c in cells:
+        gate = gates[id(c)]
+        p = c.adjusted.get("robustness")
+        c.robustness = BASELINE if c.is_baseline else gate or (
+            c.difference.region if p is not None and p < stats.ALPHA else INCONCLUSIVE)
+        q = c.adjusted.get("gradient")
+        c.gradient = (NOT_APPLICABLE if c.overstatement is None or gate == INVALID else
+                      c.overstatement.region if q is not None and q < stats.ALPHA else INCONCLUSIVE)
+        c.line = _line(c, settings)
     return cells
 
 
-def _line(c: Cell, failed: list[Check], p: dict, settings: VerdictSettings) -> str:
-    m, f = c.model, c.measure.fmt
-    head = f"**{m['rule']}** ({m['dataset']}/{m['backbone']}/{m['task']}, this model: seed {m['seed']}): {c.label}"
-    if c.verdict in (INVALID, NOT_CONVERGED):
-        return head + " (" + "; ".join(f"{ch.name} failed: {ch.detail}" for ch in failed) + ")."
+def _gate(c: Cell) -> str | None:
+    if any(ch.purpose == SANITY and ch.passed is False for ch in c.checks):
+        return INVALID
+    if any(ch.purpose == CONVERGENCE and ch.passed is False for ch in c.checks):
+        return NOT_CONVERGED
+    return None
+
+
+def _signed(m: Measure, x: float, sign: str = "+") -> str:
+    """A difference of accuracies in points (a difference of mAPs as it is)."""
+    return f"{100 * x:{sign}.1f}" if m.percent else f"{x:{sign}.3f}"
+
+
+def _span(m: Measure, r: stats.Reading, sign: str = "+") -> str:
+    unit = " points" if m.percent else ""
+    return (f"{_signed(m, r.value, sign)}{unit} (90% interval {_signed(m, r.lo, sign)} to "
+            f"{_signed(m, r.hi, sign)})")
+
+
+def _p(c: Cell, answer: str, reading: stats.Reading) -> str:
+    """The Holm-adjusted p-value; one from a reading at its floor is an upper bound."""
+    if answer not in c.adjusted:
+        return ""
+    bound = "<=" if reading.p <= reading.floor else "="
+    of = "" if reading.region in (c.robustness, c.gradient) else f" for {reading.region}"
+    return f" (Holm-adjusted p{bound}{c.adjusted[answer]:.3g}{of})"
+
+
+def _line(c: Cell, settings: VerdictSettings) -> str:
+    m, f, base = c.model, c.measure.fmt, c.baseline
+    head = f"**{m['rule']}** ({m['dataset']}/{m['backbone']}/{m['task']}, seed {m['seed']}, eps {c.eps:g})"
     most = "most breaks by" if c.measure is ACCURACY else "lowest mAP by"
-    text = f"{head}. Worst case {c.worst}, {most} {c.broken_by}"
-    if c.own is not None and not c.is_baseline:
-        text += f"; its own gradient says {f(c.own.value)}"
-        if c.own.value > c.worst.value:
-            text += f" (overstated by {f(c.own.value - c.worst.value)})"
+    text = f"{head}: **{c.label}**"
+    failed = [ch for ch in c.checks if ch.passed is False and ch.purpose == (
+        SANITY if c.robustness == INVALID else CONVERGENCE)]
+    if c.robustness in (INVALID, NOT_CONVERGED):
+        text += " (" + "; ".join(f"{ch.name} failed: {ch.detail}" for ch in failed) + ")"
+    text += f". Worst case {c.worst}, {most} {c.broken_by}"
     if c.bp_worst is not None:
-        text += f"; {c.baseline} on the same attacks and {c.measure.unit} {c.bp_worst}"
-    decided = {BEYOND: BEYOND, OBFUSCATION: OBFUSCATION, NO_GAIN: NO_GAIN}.get(c.verdict)
-    if decided and p.get(decided) is not None:
-        text += f" (Holm-adjusted p={p[decided]:.3g}, margin {settings.delta:g})"
+        text += f"; {base} {c.bp_worst} on the same attacks and {c.measure.unit}"
+    d = c.difference
+    if d is not None and c.robustness not in (INVALID, NOT_CONVERGED):
+        text += (f"; difference {_span(c.measure, d)}, margin {_signed(c.measure, settings.delta, '')}"
+                 f"{_p(c, 'robustness', d)}")
+        if c.robustness == INCONCLUSIVE:
+            if d.lo > 0 or d.hi < 0:
+                text += f"; the interval excludes 0: {'above' if d.lo > 0 else 'below'} {base}"
+            if c.needed:
+                text += f"; about {c.needed} {c.measure.unit} would decide it"
+    text += "."
+    o = c.overstatement
+    if o is not None and c.gradient != NOT_APPLICABLE:
+        text += (f" Its own gradient says {f(c.own.value)}, above the worst case by {_span(c.measure, o, '')}: "
+                 f"{c.gradient}{_p(c, 'gradient', o)}.")
     signs = [ch.name for ch in c.checks if ch.purpose == SIGN and ch.passed]
     if signs:
-        text += "; signs of obfuscation: " + ", ".join(signs)
-    if c.verdict == INCONCLUSIVE and c.needed:
-        text += f"; about {c.needed} {c.measure.unit} would decide it"
-    return text + "."
+        text += " Signs of obfuscation: " + ", ".join(signs) + "."
+    return text
 
 
 def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: VerdictSettings,
-                   baseline: str = "bp") -> tuple[list[str], pl.DataFrame, list[str]]:
-    """Per cell (a model with a baseline sibling and a primary budget): its verdict line; a table row (clean and
-    worst-case accuracy with intervals, each check's outcome); and each check's numbers. `outcomes`: one table
-    per task kind (their per-image columns differ)."""
+                   baseline: str = "bp", chosen_by: str = "verdicts.primary") -> tuple[
+                       list[str], pl.DataFrame, list[str]]:
+    """Per cell (a model with a baseline sibling and a primary budget): its line; a table row (both answers with their
+    intervals and p-values, clean and worst-case accuracy with intervals, each check's outcome); and each check's
+    numbers. `outcomes`: one table per task kind (their per-image columns differ). `chosen_by`: how the primary
+    budgets were chosen, for the table."""
     outcomes = [o for o in outcomes if not o.is_empty()]
     if not outcomes:
         return [], pl.DataFrame(), []
@@ -191,20 +268,12 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
         for m in mine:
             bp = {**m, "rule": baseline}
             if any(x == bp for x in mine):
-                cells.append(assess(table, m, bp, settings, families, single,
-                                    cosine.get(tuple(bp[k] for k in MODEL)), tuple(m[k] for k in MODEL) in reran))
+                key = tuple(bp[k] for k in MODEL)
+                cells.append(assess(table, m, bp, settings, families, single, cosine.get(key),
+                                    tuple(m[k] for k in MODEL) in reran, key in reran))
         models += [(m, table) for m in mine]
     cells = decide(cells, settings)  # Holm over every cell of the report, both tasks
-    rows = []
-    for c in cells:
-        row = {**c.model, "verdict": c.label, "clean": c.clean.value, "clean_lo": c.clean.interval[0],
-               "clean_hi": c.clean.interval[1], "worst": c.worst.value, "worst_lo": c.worst.interval[0],
-               "worst_hi": c.worst.interval[1], "n": c.worst.n, "broken_by": c.broken_by,
-               "own_gradient": c.own.value if c.own else None,
-               f"{baseline}_worst": c.bp_worst.value if c.bp_worst else None}
-        row.update({ch.name: {True: "yes", False: "no", None: "n/a"}[ch.passed] if ch.purpose == SIGN else
-                    {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] for ch in c.checks})
-        rows.append(row)
+    rows = [_row(c, chosen_by) for c in cells]
     lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells)
     if models and not any(m["rule"] == baseline for m, _ in models):
         lines.append(f"No verdicts: the baseline rule {baseline} has no attacked model here to compare with; add it "
@@ -219,13 +288,34 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
     return lines, pl.DataFrame(rows) if rows else pl.DataFrame(), checks
 
 
+def _row(c: Cell, chosen_by: str) -> dict:
+    d, o = c.difference, c.overstatement
+    row = {**c.model, "primary": c.eps, "primary_chosen_by": chosen_by, "robustness": c.label,
+           "difference": d.value if d else None, "difference_lo": d.lo if d else None,
+           "difference_hi": d.hi if d else None, "robustness_p": c.adjusted.get("robustness"),
+           "gradient": c.gradient, "gradient_overstatement": o.value if o else None,
+           "gradient_overstatement_lo": o.lo if o else None, "gradient_overstatement_hi": o.hi if o else None,
+           "gradient_overstatement_p": c.adjusted.get("gradient"),
+           "clean": c.clean.value, "clean_lo": c.clean.interval[0], "clean_hi": c.clean.interval[1],
+           "worst": c.worst.value, "worst_lo": c.worst.interval[0], "worst_hi": c.worst.interval[1],
+           "n": c.worst.n, "broken_by": c.broken_by, "own_gradient": c.own.value if c.own else None,
+           f"{c.baseline}_worst": c.bp_worst.value if c.bp_worst else None}
+    row.update({ch.name: {True: "yes", False: "no", None: "n/a"}[ch.passed] if ch.purpose == SIGN else
+                {True: "pass", False: "FAIL", None: "n/a"}[ch.passed] for ch in c.checks})
+    return row
+
+
 def rule_lines(cells: list[Cell]) -> list[str]:
-    """A verdict about a rule, not one model, needs three or more seeds (docs/evaluation.md): each seed's verdict is
-    decided on its own (Holm over every cell), then the rule line says whether they agree and gives the worst case
-    and the own-gradient number as a mean with its t-interval across seeds."""
+    """An answer about a rule, not one model, needs three or more seeds (docs/evaluation.md): each seed's answers
+    are decided on their own (Holm over every cell), then the rule line says whether they agree and gives the worst
+    case and the own-gradient number as a mean with its t-interval across seeds."""
     def across(values: list[float], f) -> str:
         lo, hi = stats.t_interval(values)
         return f"{f(sum(values) / len(values))} mean, t-interval [{f(lo)}, {f(hi)}]"
+
+    def agreed(answers: list[str]) -> str:
+        distinct = sorted(set(answers))
+        return distinct[0] if len(distinct) == 1 else f"mixed across seeds ({', '.join(distinct)})"
 
     lines, groups = [], {}
     for c in cells:
@@ -234,9 +324,8 @@ def rule_lines(cells: list[Cell]) -> list[str]:
         if cs[0].is_baseline or len(cs) < 3:
             continue
         f = cs[0].measure.fmt
-        verdicts = sorted({c.label for c in cs})
-        what = verdicts[0] if len(verdicts) == 1 else f"mixed across seeds ({', '.join(verdicts)})"
-        text = (f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds): {what}; worst case "
+        text = (f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds): "
+                f"{agreed([c.label for c in cs])}; its own gradient: {agreed([c.gradient for c in cs])}; worst case "
                 f"{across([c.worst.value for c in cs], f)}")
         if all(c.own is not None for c in cs):
             text += f"; its own gradient says {across([c.own.value for c in cs], f)}"

@@ -39,7 +39,7 @@ class AttackEntry(AttackSample):
     """Gradient sources of a white-box attack (default: all three); query attacks take none."""
     params: Section = Section()
     rules: list[str] | None = None
-    """The rules whose models it attacks (default: all of the DAG's)."""
+    """The rules whose models it attacks (default: all of the DAG's; the baseline always among them)."""
     tasks: list[str] | None = None
     """The tasks whose models it attacks (default: all of the DAG's it applies to)."""
 
@@ -84,6 +84,10 @@ class Attack(Stage):
             if "transfer" in (a.sources or []) and dag.baseline not in dag.rules:
                 raise Invalid(f"{key}.sources", f"'transfer' crafts on the sibling fine-tuned with the baseline rule "
                               f"({dag.baseline}): add {dag.baseline} to rules")
+            if a.rules is not None and dag.baseline in dag.rules and dag.baseline not in a.rules:
+                raise Invalid(f"{key}.rules", f"every attack also runs on the baseline's model ({dag.baseline}), on "
+                              "the same images: a verdict compares the two on equal evidence (docs/evaluation.md); "
+                              f"add {dag.baseline} to the list")
             a.rules = subset(a.rules, dag.rules, f"{key}.rules")
             spec = get_attack(a.name)
             fits = [t for t in tasks if get_task(t).kind in spec.tasks]
