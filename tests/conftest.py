@@ -25,6 +25,19 @@ def smoke(tmp_path_factory):
     return run_smoke(tmp_path_factory.mktemp("smoke"))
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    """A tiny prepared Fashion-MNIST-format dataset, for DAGs that plan against real manifests."""
+    from datagen import write_fmnist
+
+    from workloads.datasets import prepare
+
+    root = tmp_path_factory.mktemp("dag")
+    write_fmnist(root / "src", n_train=20, n_test=10)
+    prepare("fashion-mnist", root / "fm", src=root / "src")
+    return str(root / "fm")
+
+
 def require(what: str, how: str) -> None:
     """Something a test needs is missing: under CI (`CI` set) that is a failure, since a green CI run must have run
     the test; elsewhere a skip that says why and how to get it."""

@@ -6,22 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datagen import write_fmnist
 
 from harness.planning.dag import load_dag
 from harness.planning.plan import build_plan
-from workloads.datasets import prepare
 from workloads.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("dag")
-    write_fmnist(root / "src", n_train=20, n_test=10)
-    prepare("fashion-mnist", root / "fm", src=root / "src")
-    return str(root / "fm")
 
 
 def _write(tmp_path: Path, spec: dict) -> str:
@@ -135,7 +125,8 @@ def test_plan_trains_each_model_once_and_keys_follow_inputs(shards):
     diff = {n.label for n in changed} - {n.label for n in nodes}
     assert not diff
     moved = [n for n, m in zip(nodes, changed, strict=True) if n.key != m.key]
-    assert moved and all(n.stage == "attack" and n.axes["attack"] == "pgd" for n in moved)
+    assert moved and all(n.stage == "attack" and n.axes["attack"] == "pgd" for n in moved if n.stage != "primary")
+    assert {n.axes["task"] for n in moved if n.stage == "primary"} == {"classification"}  # bp's budget reads pgd
 
     # a fine-tuning setting moves fine-tuning and everything downstream, never pretraining
     retuned = {n.label: n.key for n in build_plan(_smoke(shards, "finetune.epochs=2"))}
@@ -244,7 +235,8 @@ def test_a_dataset_sets_its_own_task_options_and_only_for_tasks_the_dag_trains(t
 def test_the_node_keys_of_the_default_dag_are_pinned():
     """A node's key names its result in every run store there is: a change of how nodes are planned or typed must
     not change one. tests/default_keys.json holds the keys the planner gave before harness/ was in rooms (its
-    dataset not prepared: a manifest would add its own hash)."""
+    dataset not prepared: a manifest would add its own hash), with the primary-budget nodes added since and the
+    convergence re-runs that read them (the re-run's budget became a run-time input)."""
     import json
 
     pinned = json.loads((ROOT / "tests" / "default_keys.json").read_text())

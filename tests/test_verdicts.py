@@ -28,7 +28,7 @@ from workloads.attacks.outcomes import survivors
 
 FAMILIES = {"fgsm": "gradient", "pgd": "gradient", "apgd": "gradient", "hsja": "decision", "boundary": "decision"}
 SINGLE = {"fgsm"}
-SETTINGS = VerdictSettings()
+SETTINGS = VerdictSettings(primary={"classification": 0.1, "hashing": 0.1})  # fixed by hand here
 CELL = {"dataset": "d", "backbone": "b", "task": "classification", "seed": 0}
 
 
@@ -192,6 +192,14 @@ def test_a_re_run_that_moves_the_worst_case_below_its_interval_is_attack_not_con
     assert cell.worst.value == 0.1  # the headline is the worst case with the re-run
 
 
+def test_a_re_run_that_moves_bps_worst_case_gates_the_comparison_too():
+    bp = {a: {0: 1.0, 0.1: 0.3, 0.3: 0.0} for a in (("pgd", "rule"), ("pgd", "exact"))}
+    outcomes = pl.concat([table("frsf", bp), rerun("frsf", 0.3, 0.3), table("bp", bp), rerun("bp", 0.3, 0.1)])
+    cell = decide([assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE)],
+                  SETTINGS)[0]
+    assert cell.robustness == NOT_CONVERGED and "bp attack converged failed" in cell.line, cell.line
+
+
 def test_a_re_run_within_the_interval_leaves_the_verdict_to_the_other_tests():
     cell = with_rerun(0.3, 0.29)  # two more breaks out of 60
     converged = next(c for c in cell.checks if c.name == "attack converged")
@@ -250,6 +258,8 @@ def test_a_black_box_attack_that_leaves_bp_above_the_limit_is_marked_too_weak():
     checks = blackbox_strength(bp, 0.1, {**FAMILIES, "square": "score"}, 0.2)
     assert [(c.name, c.passed) for c in checks] == [("hsja strong enough", False), ("square strong enough", True)]
     assert "too weak" in checks[0].detail and "50.0%" in checks[0].detail
+    elsewhere = blackbox_strength(bp, 0.05, {**FAMILIES, "square": "score"}, 0.2)  # both ran at 0 and 0.1 only
+    assert [c.passed for c in elsewhere] == [None, None] and "did not run at eps 0.05" in elsewhere[0].detail
 
 
 def test_retrieval_worst_case_is_the_map_of_each_querys_lowest_ap_over_attacks():
@@ -382,7 +392,7 @@ def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
     assert by_task["classification"]["worst"] == 0.0 and by_task["classification"]["n"] == 200
     assert [line.split(")")[0] for line in lines] == ["**frsf** (d/b/classification, seed 0, eps 0.1",
                                                       "**frsf** (d/b/hashing, seed 0, eps 0.1"]
-    assert len(checks) == 2 * 9  # every check of both cells, with its numbers
+    assert len(checks) == 2 * 10  # every check of both cells, with its numbers
 
 
 def test_settings_logged_before_retrieval_verdicts_read_as_they_were_meant():
@@ -502,6 +512,7 @@ def test_a_cells_line_and_every_checks_numbers_read_exactly_so():
         ("equal evidence", True, "sanity",
          "5 attacks on the same images on both models, and the convergence re-run on both"),
         ("attack converged", True, "convergence", "the other attacks broke every image: nothing to re-run"),
+        ("bp attack converged", True, "convergence", "the other attacks broke every image: nothing to re-run"),
         ("rule gradient above exact", True, "sign", "pgd: rule 55.0% vs exact 0.0% (p=7.7e-34)"),
         ("transfer or black-box stronger", True, "sign",  # the smaller of two p-values, times two (Bonferroni)
          "pgd/transfer 2.0% vs every rule-gradient attack 55.0% (p=2.47e-32)"),
@@ -528,6 +539,7 @@ def test_a_retrieval_cells_line_and_checks_read_in_map():
                                    "hag/exact 0.140, hag/rule 0.140, hag/transfer 0.140 (limit 0.250)"),
         ("equal evidence", True, "3 attacks on the same images on both models"),
         ("attack converged", None, "retrieval attacks have no convergence re-run"),
+        ("bp attack converged", None, "retrieval attacks have no convergence re-run"),
         ("rule gradient above exact", True, "hag: rule 0.700 vs exact 0.150 (p=7.89e-31)"),
         ("transfer or black-box stronger", True, "hag/transfer 0.350 vs every rule-gradient attack 0.700 "
                                                  "(p=7.89e-31)"),

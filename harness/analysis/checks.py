@@ -147,28 +147,29 @@ def check_equal_evidence(at: pl.DataFrame, bp_at: pl.DataFrame, reran: bool, bp_
                  + (", and the convergence re-run on both" if reran else ""))
 
 
-def check_converged(at: pl.DataFrame, reran: bool = False) -> Check:
+def check_converged(at: pl.DataFrame, reran: bool = False, whose: str = "") -> Check:
     """The worst case before the re-run must lie within the Wilson interval of the worst case after it: a stronger
     attack may move the number only by what the sample cannot resolve anyway (Carlini et al. 2019: an evaluation
     whose number moves under a stronger attack had not converged). `reran`: a re-run ran on this model (with no
-    survivors it leaves no rows)."""
+    survivors it leaves no rows). `whose`: the baseline's name, where it is the baseline's re-run that is checked
+    (the comparison reads its worst case too)."""
+    name = f"{whose} attack converged" if whose else "attack converged"
     attacks = attacks_of(at)
     reruns = [a for a in attacks if a[0].startswith(RERUN)]
     if not reruns:
         if measure_of(at) is RETRIEVAL:
-            return Check("attack converged", None, "retrieval attacks have no convergence re-run", CONVERGENCE)
+            return Check(name, None, "retrieval attacks have no convergence re-run", CONVERGENCE)
         if reran:
-            return Check("attack converged", True, "the other attacks broke every image: nothing to re-run",
-                         CONVERGENCE)
-        return Check("attack converged", None, "no convergence re-run on this model (the DAG's `converge`)",
-                     CONVERGENCE)
+            return Check(name, True, "the other attacks broke every image: nothing to re-run", CONVERGENCE)
+        return Check(name, None, "no convergence re-run on this model (the DAG's `converge`)", CONVERGENCE)
     before, _, _ = worst_case(at, [a for a in attacks if a not in reruns])
     after, _, _ = worst_case(at)
     lo, hi = after.interval
-    return Check("attack converged", lo <= before.value <= hi,
+    inside = lo <= before.value <= hi
+    return Check(name, inside,
                  f"{reruns[0][0].removeprefix(RERUN)}/exact re-run on the {before.k} images the other attacks left "
-                 f"robust broke {before.k - after.k}: worst case {before.value:.1%} -> {after} (interval after "
-                 f"[{lo:.1%}, {hi:.1%}])", CONVERGENCE)
+                 f"robust broke {before.k - after.k}: worst case {before.value:.1%} -> {after}, the first "
+                 f"{'inside' if inside else 'outside'} the second's interval", CONVERGENCE)
 
 
 def blackbox_strength(bp_outcomes: pl.DataFrame, eps: float, families: dict[str, str], above: float,
@@ -178,6 +179,12 @@ def blackbox_strength(bp_outcomes: pl.DataFrame, eps: float, families: dict[str,
     at = at_budget(bp_outcomes, eps)
     out = []
     for attack in sorted({a for a in at["attack"].unique().to_list() if families.get(a) in ("score", "decision")}):
+        top = float(linf_only(bp_outcomes).filter((pl.col("attack") == attack) & (pl.col("eps") <= eps + 1e-12))
+                    ["eps"].max())
+        if top < eps - 1e-12:  # it counts there with a smaller budget's outcomes, but did not run there
+            out.append(Check(f"{attack} strong enough", None, f"{attack} did not run at eps {eps:g} (its largest "
+                             f"budget up to there is {top:g}): its strength there is unknown", STRENGTH))
+            continue
         est, _, _ = worst_case(at.filter(pl.col("attack") == attack))
         strong = est.value <= above
         out.append(Check(f"{attack} strong enough", strong, f"{attack} takes {baseline} to {est} at eps {eps:g}"

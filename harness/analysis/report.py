@@ -18,7 +18,7 @@ import rules
 from harness.analysis.curves import curve_figure, worst_case_curve
 from harness.analysis.outcomes import retrieval_worst_case
 from harness.analysis.runs import load_outcomes, load_rows, load_runs, logged_settings
-from harness.analysis.verdicts import verdict_report
+from harness.analysis.verdicts import primary_budgets, verdict_report
 from harness.config.plugins import load_plugins
 from harness.stages import Stage, ordered
 from harness.stages.tables import kind_of, rule_order
@@ -27,7 +27,6 @@ from workloads.errors import ConfigError
 
 KINDS = ("classification", "hashing")  # the task kinds whose per-image outcomes the verdicts read
 SHOWN = ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2")
-CHOSEN_BY = "verdicts.primary"  # the DAG's own budgets: how the primary budget was chosen, as the table says
 
 
 def markdown(df: pl.DataFrame, digits: int = 3) -> str:
@@ -94,16 +93,16 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     except ConfigError as exc:
         notes.append(f"{exc}: what they registered is left out of this report.")
     outcomes = {kind: load_outcomes(runs, tracking_uri, kind) for kind in KINDS}
-    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline, CHOSEN_BY)
+    lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline)
     curves = [c for c in (worst_case_curve(o) for o in outcomes.values()) if not c.is_empty()]
     curve = pl.concat(curves, how="diagonal") if curves else pl.DataFrame()
-    tasks = [t for t in runs["task"].unique().to_list() if t is not None]
-    primary = {t: eps for t in tasks if (eps := settings.for_task(settings.primary, t)) is not None}
-    budgets = ", ".join(f"{task} eps {eps:g}" for task, eps in primary.items())
+    chosen = primary_budgets(runs, settings)
+    primary = {task: eps for (_, _, task, _), (eps, _) in sorted(chosen.items(), key=str)}
+    budgets = "; ".join(sorted({f"{task} eps {eps:g} ({how})" for (_, _, task, _), (eps, how) in chosen.items()}))
     retrieval_eps, retrieval = _retrieval(outcomes["hashing"],
                                           {t: e for t, e in primary.items() if kind_of(t) == "hashing"})
     tables = {
-        "verdicts": (f"Answers at the primary budget ({budgets}, from `{CHOSEN_BY}`; margin {settings.delta:g}): "
+        "verdicts": (f"Answers at the primary budget ({budgets}; margin {settings.delta:g}): "
                      f"robustness against {baseline} and gradient honesty, each with its 90% interval and "
                      "Holm-adjusted p-value; clean and worst-case accuracy with Wilson 95% intervals (hashing: mAP "
                      "with BCa bootstrap intervals over queries); the checklist (docs/evaluation.md)", verdict_table),

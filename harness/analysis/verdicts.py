@@ -56,6 +56,7 @@ from harness.analysis.outcomes import (
 )
 from harness.config.verdicts import VerdictSettings
 from harness.stages.converge import RERUN
+from harness.stages.primary import CALIBRATED
 from harness.stages.tables import rule_order
 from workloads.attacks import ATTACKS, get_attack
 from workloads.names import Metric
@@ -65,6 +66,7 @@ MORE, EQUIVALENT, LESS, INCONCLUSIVE = "more robust than bp", "equivalent to bp"
 INVALID, NOT_CONVERGED, BASELINE = "invalid", "attack not converged", "baseline"
 # gradient honesty
 OVERSTATES, WITHIN, NOT_APPLICABLE = "overstates", "within the margin", "n/a"
+PANEL = ("dataset", "backbone", "task", "seed")  # the models that share a baseline and a primary budget
 
 
 def robustness_regions(delta: float) -> dict:
@@ -97,6 +99,7 @@ class Cell:
     measure: Measure = ACCURACY
     baseline: str = "bp"  # the rule it is compared with
     eps: float | None = None  # the primary budget
+    chosen_by: str = "verdicts.primary"  # how it was chosen
 
     @property
     def is_baseline(self) -> bool:
@@ -110,22 +113,23 @@ class Cell:
 
 def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSettings, families: dict[str, str],
            single_step: set[str], cosine: float | None = None, reran: bool = False,
-           bp_reran: bool | None = None) -> Cell:
+           bp_reran: bool | None = None, primary: tuple[float, str] | None = None) -> Cell:
     """The checks and both readings of one cell (not yet its answers: those wait for Holm over all cells). `reran`
     and `bp_reran`: a convergence re-run ran on the model and on the baseline (with no survivors it leaves no
-    rows); `bp_reran` defaults to `reran`."""
+    rows); `bp_reran` defaults to `reran`. `primary`: the budget and how it was chosen (default: the DAG's
+    `verdicts.primary` for the task)."""
     def of(m: dict) -> pl.DataFrame:
         return outcomes.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
 
     mine, bps = of(model), of(bp)
     m, task, baseline = measure_of(outcomes), model["task"], bp["rule"]
-    eps = settings.for_task(settings.primary, task)
+    eps, chosen_by = primary or (settings.for_task(settings.primary, task), "verdicts.primary")
     at, bp_at = at_budget(mine, eps), at_budget(bps, eps)
     worst, by, per_image = worst_case(at)
     own_attacks = [(a, s) for a, s in attacks_of(at) if s == "rule"]
     cell = Cell(model, estimate(per_image[m.clean].to_numpy()), worst, by,
                 worst_case(at, own_attacks)[0] if own_attacks else None, None, [], measure=m, baseline=baseline,
-                eps=eps)
+                eps=eps, chosen_by=chosen_by)
     reran = reran or any(a.startswith(RERUN) for a, _ in attacks_of(at))
     bp_reran = reran if bp_reran is None else bp_reran or any(a.startswith(RERUN) for a, _ in attacks_of(bp_at))
     cell.checks = [check_bp_gradients_agree(bp_at, cosine, baseline), check_exact_not_weaker(at, settings.delta),
@@ -133,6 +137,7 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
                    check_bp_broken(bps, settings.for_task(settings.bp_broken_below, task), baseline),
                    check_equal_evidence(at, bp_at, reran, bp_reran, baseline),
                    check_converged(at, reran),
+                   *([] if model == bp else [check_converged(bp_at, bp_reran, baseline)]),
                    sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
                    sign_single_step_stronger(at, single_step)]
     if own_attacks and not cell.is_baseline:
@@ -225,7 +230,9 @@ def _line(c: Cell, settings: VerdictSettings) -> str:
     if c.bp_worst is not None:
         text += f"; {base} {c.bp_worst} on the same attacks and {c.measure.unit}"
     d = c.difference
-    if d is not None and c.robustness not in (INVALID, NOT_CONVERGED):
+    if d is not None and c.robustness == NOT_CONVERGED:
+        text += (f"; difference with the re-run {_span(c.measure, d)}, not an answer until the attacks converge")
+    elif d is not None and c.robustness != INVALID:
         text += (f"; difference {_span(c.measure, d)}, margin {_signed(c.measure, settings.delta, '')}"
                  f"{_p(c, 'robustness', d)}")
         if c.robustness == INCONCLUSIVE:
@@ -244,13 +251,27 @@ def _line(c: Cell, settings: VerdictSettings) -> str:
     return text
 
 
+def primary_budgets(runs: pl.DataFrame, settings: VerdictSettings) -> dict[tuple, tuple[float, str]]:
+    """(dataset, backbone, task, seed) -> the primary budget and how it was chosen: the DAG's `verdicts.primary`
+    for a task it names, else what the baseline's primary node chose (harness/stages/primary.py)."""
+    out = {}
+    chosen = runs.filter(pl.col("stage") == "primary") if "metrics.primary_eps" in runs.columns else runs.clear()
+    for r in chosen.iter_rows(named=True):
+        if r["metrics.primary_eps"] is not None:
+            out[tuple(r[k] for k in PANEL)] = (float(r["metrics.primary_eps"]), CALIBRATED)
+    for r in runs.select(PANEL).unique().iter_rows(named=True):
+        fixed = settings.for_task(settings.primary, r["task"]) if r["task"] is not None else None
+        if fixed is not None:
+            out[tuple(r[k] for k in PANEL)] = (fixed, "verdicts.primary")
+    return out
+
+
 def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: VerdictSettings,
-                   baseline: str = "bp", chosen_by: str = "verdicts.primary") -> tuple[
-                       list[str], pl.DataFrame, list[str]]:
+                   baseline: str = "bp") -> tuple[list[str], pl.DataFrame, list[str]]:
     """Per cell (a model with a baseline sibling and a primary budget): its line; a table row (both answers with their
-    intervals and p-values, clean and worst-case accuracy with intervals, each check's outcome); and each check's
-    numbers. `outcomes`: one table per task kind (their per-image columns differ). `chosen_by`: how the primary
-    budgets were chosen, for the table."""
+    intervals and p-values, the primary budget and how it was chosen, clean and worst-case accuracy with intervals,
+    each check's outcome); and each check's numbers. `outcomes`: one table per task kind (their per-image columns
+    differ)."""
     outcomes = [o for o in outcomes if not o.is_empty()]
     if not outcomes:
         return [], pl.DataFrame(), []
@@ -259,10 +280,19 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
     cosine = {tuple(r[k] for k in MODEL): r.get(f"metrics.{Metric.GRAD_COSINE}")
               for r in runs.filter(pl.col("stage") == "evaluate").iter_rows(named=True)}
     reran = {tuple(r[k] for k in MODEL) for r in runs.filter(pl.col("stage") == "converge").iter_rows(named=True)}
+    budgets = primary_budgets(runs, settings)
+
+    def panel(m: dict) -> tuple:
+        return tuple(m[k] for k in PANEL)
+
     cells, models = [], []
     for table in outcomes:  # one task kind each: their per-image columns differ
-        mine = [dict(zip(MODEL, m, strict=True)) for m in table.select(MODEL).unique().sort(MODEL).iter_rows()
-                if settings.for_task(settings.primary, m[MODEL.index("task")]) is not None]
+        for m in table.select(PANEL).unique().iter_rows(named=True):  # budgets of runs that predate the runs table
+            fixed = settings.for_task(settings.primary, m["task"])
+            if panel(m) not in budgets and fixed is not None:
+                budgets[panel(m)] = (fixed, "verdicts.primary")
+        mine = [dict(zip(MODEL, m, strict=True)) for m in table.select(MODEL).unique().sort(MODEL).iter_rows()]
+        mine = [m for m in mine if panel(m) in budgets]
         order = {r: i for i, r in enumerate(rule_order([m["rule"] for m in mine]))}
         mine.sort(key=lambda m: (m["dataset"], m["backbone"], m["task"], m["seed"], order[m["rule"]]))
         for m in mine:
@@ -270,10 +300,10 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
             if any(x == bp for x in mine):
                 key = tuple(bp[k] for k in MODEL)
                 cells.append(assess(table, m, bp, settings, families, single, cosine.get(key),
-                                    tuple(m[k] for k in MODEL) in reran, key in reran))
+                                    tuple(m[k] for k in MODEL) in reran, key in reran, budgets[panel(m)]))
         models += [(m, table) for m in mine]
     cells = decide(cells, settings)  # Holm over every cell of the report, both tasks
-    rows = [_row(c, chosen_by) for c in cells]
+    rows = [_row(c) for c in cells]
     lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells)
     if models and not any(m["rule"] == baseline for m, _ in models):
         lines.append(f"No verdicts: the baseline rule {baseline} has no attacked model here to compare with; add it "
@@ -282,15 +312,14 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
               f"{ch.name}: {ch.detail}" for c in cells if not c.is_baseline for ch in c.checks]
     for m, table in [(m, t) for m, t in models if m["rule"] == baseline]:  # is each black-box attack strong enough?
         bp = table.filter(pl.all_horizontal([pl.col(k) == m[k] for k in MODEL]))
-        for ch in blackbox_strength(bp, settings.for_task(settings.primary, m["task"]), families,
-                                    settings.blackbox_weak_above, baseline):
+        for ch in blackbox_strength(bp, budgets[panel(m)][0], families, settings.blackbox_weak_above, baseline):
             lines.append(f"{ch.detail} ({m['dataset']}/{m['backbone']}, seed {m['seed']}).")
     return lines, pl.DataFrame(rows) if rows else pl.DataFrame(), checks
 
 
-def _row(c: Cell, chosen_by: str) -> dict:
+def _row(c: Cell) -> dict:
     d, o = c.difference, c.overstatement
-    row = {**c.model, "primary": c.eps, "primary_chosen_by": chosen_by, "robustness": c.label,
+    row = {**c.model, "primary": c.eps, "primary_chosen_by": c.chosen_by, "robustness": c.label,
            "difference": d.value if d else None, "difference_lo": d.lo if d else None,
            "difference_hi": d.hi if d else None, "robustness_p": c.adjusted.get("robustness"),
            "gradient": c.gradient, "gradient_overstatement": o.value if o else None,

@@ -1,6 +1,8 @@
 """The convergence re-run (docs/evaluation.md, "Convergence"): after every attack on a classifier, one more
 exact-gradient attack, stronger than the grid's (APGD-DLR by default), on the images every L-inf attack left
 robust at the primary budget. If it breaks more than the sample can resolve, the cell's attacks had not converged.
+The primary budget is the DAG's (`verdicts.primary`) or, where it names none for the task, the one the baseline's
+primary node chose (harness/stages/primary.py), read when the re-run starts.
 
 Its outcomes carry the attack's name behind `RERUN` ("re-run apgd"), so the verdicts tell them from the grid's.
 """
@@ -12,6 +14,7 @@ from pydantic import Field
 
 from harness.stages.attack import OUTCOMES
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
+from harness.stages.primary import chosen_budget
 from workloads.attacks import AttackConfig, ConvergeSettings, get_attack
 from workloads.attacks.outcomes import survivors
 from workloads.tasks import get_task
@@ -21,7 +24,7 @@ RERUN = "re-run "
 
 @register_stage
 class Converge(Stage):
-    name, level = "converge", 4
+    name, level = "converge", 5
     resource_group = "attack"
     artifacts = (OUTCOMES,)
 
@@ -35,19 +38,24 @@ class Converge(Stage):
         conv = dag.converge
         if conv is None:
             return out
+        chosen = {tuple(n.axes[k] for k in ("dataset", "backbone", "task", "seed")): n for n in plan.of("primary")}
         for ft in plan.of("finetune"):
             a = ft.axes
+            if get_task(a["task"]).kind not in get_attack(conv.attack).tasks:
+                continue
             eps = dag.verdicts.for_task(dag.verdicts.primary, a["task"])
-            if eps is None or get_task(a["task"]).kind not in get_attack(conv.attack).tasks:
+            primary = chosen.get((a["dataset"], a["backbone"], a["task"], a["seed"]))
+            if eps is None and primary is None:  # the baseline was not attacked: no budget to re-run at
                 continue
             evidence = [n for n in plan.of("attack") if n.inputs["model"] == ft.key
                         and get_attack(n.config.attack).norm_of(n.config.params) == "linf"]
             if not evidence:
                 continue
-            cfg = AttackConfig.model_construct(attack=conv.attack, source="exact", eps=[eps],
+            cfg = AttackConfig.model_construct(attack=conv.attack, source="exact", eps=[] if eps is None else [eps],
                                                n=max(n.config.n for n in evidence), batch_size=conv.batch_size,
                                                params=conv.params, device=dag.device, diagnostics=False)
-            inputs = {"model": ft, **{f"evidence {i}": n for i, n in enumerate(evidence)}}
+            inputs = {"model": ft, **({} if eps is not None else {"primary": primary}),
+                      **{f"evidence {i}": n for i, n in enumerate(evidence)}}
             keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"})
             key = digest({"stage": self.name, "config": keyed, "inputs": {r: n.key for r, n in inputs.items()}})
             out.append(Node(self.name, key, f"converge {conv.attack}/exact on {a['task']}/{a['rule']} "
@@ -59,6 +67,8 @@ class Converge(Stage):
         from workloads.attacks import run_config, write_outcomes
 
         cfg = node.config
+        if "primary" in node.inputs:
+            cfg = cfg.model_copy(update={"eps": [chosen_budget(files)]})
         evidence = [pl.read_parquet(files.inputs[role] / OUTCOMES) for role in node.inputs
                     if role.startswith("evidence")]
         images = survivors(evidence, cfg.eps[-1])
@@ -76,7 +86,7 @@ class Converge(Stage):
 
     def passes(self, node: Node, counts: dict[str, int]) -> float:
         cfg = node.config
-        return get_attack(cfg.attack).passes(cfg.params, cfg.eps, cfg.n)
+        return get_attack(cfg.attack).passes(cfg.params, cfg.eps or [1.0], cfg.n)  # one budget, chosen or not
 
     def metrics(self, result: dict) -> dict[str, float]:
         return {k: result[k] for k in ("survivors", "broken")}

@@ -31,6 +31,29 @@ def survivors(tables: list[pl.DataFrame], eps: float) -> list[int]:
     return sorted(per_image.filter(pl.col("robust"))["image"].to_list())
 
 
+def worst_by_budget(tables: list[pl.DataFrame]) -> dict[float, tuple[float, float]]:
+    """Per L-inf budget of these tables (one model's attacks): (the clean value, the worst case), as means over the
+    images every attack saw: an image counts with its lowest value (robust 0/1, or AP) over the attacks, each at its
+    largest budget <= that budget (budgets are nested). What the primary budget is chosen from."""
+    tables = [linf_only(t) for t in tables if not linf_only(t).is_empty()]
+    if not tables:
+        return {}
+    clean, value = ("clean", "robust") if "robust" in tables[0].columns else ("clean_ap", "ap")
+    shared = set.intersection(*(set(t["image"].to_list()) for t in tables))
+    grid = sorted(set().union(*(t["eps"].unique().to_list() for t in tables)))
+    out = {}
+    for eps in grid:
+        parts = []
+        for t in tables:
+            below = t.filter((pl.col("eps") <= eps + 1e-12) & pl.col("image").is_in(sorted(shared)))
+            if not below.is_empty():
+                parts.append(below.filter(pl.col("eps") == below["eps"].max()).select("image", clean, value))
+        per_image = pl.concat(parts).group_by("image").agg(pl.col(clean).cast(pl.Float64).min(),
+                                                           pl.col(value).cast(pl.Float64).min())
+        out[float(eps)] = (float(per_image[clean].mean()), float(per_image[value].mean()))
+    return out
+
+
 def write_outcomes(outcomes: pl.DataFrame, path: str | Path) -> Path:
     """The per-image table as parquet, written whole or not at all (`workloads.files.atomic_write`)."""
     return atomic_write(path, outcomes.write_parquet)
