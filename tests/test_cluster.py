@@ -127,7 +127,7 @@ def test_smoke_dag_on_two_nodes_logging_to_an_mlflow_server(tmp_path, cluster, m
     assert f"[ray] connecting to {address}" in run.stderr
     records = (tmp_path / "out" / "store").glob("*/*/result.json")
     where = [json.loads(p.read_text())["where"]["ray_node_id"] for p in records]
-    assert len(where) == 22 and len(set(where)) == 2, "trials should run on both nodes"
+    assert len(where) == 25 and len(set(where)) == 2, "trials should run on both nodes"
 
     report = subprocess.run([sys.executable, "-m", "harness", "report", "smoke", "--tracking-uri", mlflow_server,
                              "--results", str(tmp_path / "results")], cwd=tmp_path, capture_output=True, text=True,
@@ -139,7 +139,7 @@ def test_smoke_dag_on_two_nodes_logging_to_an_mlflow_server(tmp_path, cluster, m
 
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
-    assert sum(r.data.tags.get("harness.kind") == "node" for r in runs) == 22
+    assert sum(r.data.tags.get("harness.kind") == "node" for r in runs) == 25
 
 
 def test_a_plugin_from_outside_the_repository_runs_on_both_nodes(tmp_path, cluster):

@@ -33,7 +33,7 @@ def test_first_run_executes_every_node_and_reports(smoke):
     runs = _runs(work)
     parents = [r for r in runs if r.data.tags.get("harness.kind") == "run"]
     children = [r for r in runs if r.data.tags.get("harness.kind") == "node"]
-    assert len(parents) == 1 and len(children) == 22
+    assert len(parents) == 1 and len(children) == 25
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     attached = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/README.md", "report/robustness.png", "report/clean.csv"} <= attached
@@ -160,7 +160,7 @@ def test_same_seed_same_numbers_and_another_seed_other_numbers(smoke):
     again = harness(*base, "--out", str(work / "again"), "--no-report", cwd=work)
     assert again.returncode == 0, again.stderr[-2000:]
     reference, repeat = _metrics(work / "out"), _metrics(work / "again")
-    assert len(repeat) == 22 and all(repeat[k] == reference[k] for k in repeat)  # bit for bit, every number
+    assert len(repeat) == 25 and all(repeat[k] == reference[k] for k in repeat)  # bit for bit, every number
     other = harness(*base, "--out", str(work / "seed1"), "--no-report", "--set", "seeds=[1]", "--set", "attacks=[]",
                     cwd=work)
     assert other.returncode == 0, other.stderr[-2000:]

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from harness.analysis import stats
-from harness.analysis.checks import Check, blackbox_strength
+from harness.analysis.checks import Check, blackbox_strength, check_converged
 from harness.analysis.outcomes import Estimate, MeanEstimate, at_budget, retrieval_worst_case, worst_case
 from harness.analysis.verdicts import (
     EQUIVALENT,
@@ -184,12 +184,31 @@ def with_rerun(before: float, after: float, bp_reran: bool = True, attacks: dict
     return decide(cells, SETTINGS)[0]
 
 
-def test_a_re_run_that_moves_the_worst_case_below_its_interval_is_attack_not_converged():
-    cell = with_rerun(0.3, 0.1)  # 30% [24%, 37%] of 200 -> 10%
+def test_a_re_run_whose_last_round_still_breaks_delta_over_two_of_the_images_is_attack_not_converged():
+    cell = with_rerun(0.3, 0.1)  # 30% of 200 -> 10%: 40 breaks in its one round, the limit 5
     assert cell.robustness == NOT_CONVERGED, cell.line
-    assert "attack converged failed: apgd/exact re-run on the 60 images the other attacks left robust broke 40" \
-        in cell.line
+    assert ("attack converged failed: apgd/exact re-run on the images the other attacks left robust, round 1: 40 of "
+            "60 broken (not fewer than 5, delta/2 of 200, in the last): worst case 30.0% -> 10.0%") in cell.line
     assert cell.worst.value == 0.1  # the headline is the worst case with the re-run
+
+
+def test_the_re_run_rounds_are_read_round_by_round_and_the_last_decides():
+    rounds = rerun("frsf", 0.3, 0.2).with_columns(  # images 40-56 broken in round 1, 57-59 in round 2
+        pl.when(pl.col("robust")).then(None).when(pl.col("image") < 57).then(1).otherwise(2).alias("round"))
+    outcomes = pl.concat([table("frsf", OBFUSCATED), rounds, table("bp", BP), rerun("bp", 0.0, 0.0)], how="diagonal")
+    cell = assess(outcomes, {**CELL, "rule": "frsf"}, {**CELL, "rule": "bp"}, SETTINGS, FAMILIES, SINGLE,
+                  reran=True)
+    check = next(c for c in cell.checks if c.name == "attack converged")
+    assert check.passed and check.detail == (
+        "apgd/exact re-run on the images the other attacks left robust, round 1: 17 of 60, round 2: 3 of 43 broken "
+        "(fewer than 5, delta/2 of 200, in the last): worst case 30.0% -> 20.0% [15.0%, 26.1%] (n=200)")
+    # a last round that broke nothing leaves no row of its own: the table says how many rounds ran
+    one = rounds.with_columns(pl.when(pl.col("round").is_null()).then(None).otherwise(1).alias("round"))
+    for ran, passed in ((1, False), (2, True)):
+        table2 = pl.concat([table("frsf", OBFUSCATED), one.with_columns(pl.lit(ran).alias("rounds"))],
+                           how="diagonal")
+        check = check_converged(table2.filter(pl.col("rule") == "frsf"), 0.1, 0.05)
+        assert check.passed is passed and check.detail.count("round ") == ran, check.detail
 
 
 def test_a_re_run_that_moves_bps_worst_case_gates_the_comparison_too():
@@ -208,13 +227,13 @@ def test_a_re_run_within_the_interval_leaves_the_verdict_to_the_other_tests():
 
 
 def test_bps_empty_re_run_counts_as_run_and_the_comparison_uses_the_worst_case_after_the_re_run():
-    """The model: 10% before its re-run, 7% after; bp: no survivor, so its re-run left no rows. Compared on 10% the
-    model would read 'more robust' (p=0.0027 in an earlier version); on 7% it does not."""
+    """The model: 10% before its re-run, 8% after; bp: no survivor, so its re-run left no rows, and that counts as
+    run. An earlier version compared on 10% (the re-run dropped out) and read 'more robust' at p=0.0027."""
     ten = {("pgd", "rule"): {0: 1.0, 0.1: 0.1}, ("pgd", "exact"): {0: 1.0, 0.1: 0.1}}
-    cell = with_rerun(0.1, 0.07, attacks=ten)
+    cell = with_rerun(0.1, 0.08, attacks=ten)  # 4 more breaks: converged (fewer than 5)
     assert next(c for c in cell.checks if c.name == "equal evidence").passed, cell.line
-    assert cell.difference.value == pytest.approx(0.07) and cell.robustness == INCONCLUSIVE, cell.line
-    unequal = with_rerun(0.1, 0.07, bp_reran=False, attacks=ten)  # a re-run on one side only
+    assert cell.difference.value == pytest.approx(0.08) and cell.robustness == INCONCLUSIVE, cell.line
+    unequal = with_rerun(0.1, 0.08, bp_reran=False, attacks=ten)  # a re-run on one side only
     assert unequal.robustness == INVALID and "the convergence re-run ran on this model only" in unequal.line
 
 
@@ -355,6 +374,15 @@ def test_retrieval_on_few_queries_is_inconclusive_and_says_how_many_queries_woul
     assert f"about {cell.needed} queries would decide it" in cell.line
 
 
+def test_a_retrieval_attack_that_raises_a_querys_ap_above_clean_is_flagged_as_failed():
+    cell = retrieval_on_both({("hag", "rule"): {0: 0.85, 0.03: 0.85, 0.1: 0.7}, ("hag", "exact"): {0: 0.85, 0.1: 0.15}},
+                             raw={("hag", "rule", 0.03): 0.95})
+    flag = next(c for c in cell.checks if c.name == "attack raised AP above clean")
+    assert flag.passed, flag.detail
+    assert flag.detail == "hag/rule raised 100 APs of 100 queries above clean (at eps 0.03): a failed attack"
+    assert "Signs of obfuscation: " in cell.line and "attack raised AP above clean" in cell.line
+
+
 @pytest.mark.parametrize("broken,rule_attacks,bp_attacks,raw", [
     ("attacks break bp", {a: {0: 0.85, 0.1: 0.6} for a in HAG}, {a: {0: 0.85, 0.1: 0.5} for a in HAG}, None),
     ("exact gradient not weaker", {("hag", "rule"): {0: 0.85, 0.1: 0.2}, ("hag", "exact"): {0: 0.85, 0.1: 0.6}},
@@ -392,7 +420,7 @@ def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
     assert by_task["classification"]["worst"] == 0.0 and by_task["classification"]["n"] == 200
     assert [line.split(")")[0] for line in lines] == ["**frsf** (d/b/classification, seed 0, eps 0.1",
                                                       "**frsf** (d/b/hashing, seed 0, eps 0.1"]
-    assert len(checks) == 2 * 10  # every check of both cells, with its numbers
+    assert len(checks) == 2 * 11  # every check of both cells, with its numbers
 
 
 def test_settings_logged_before_retrieval_verdicts_read_as_they_were_meant():
@@ -516,7 +544,8 @@ def test_a_cells_line_and_every_checks_numbers_read_exactly_so():
         ("rule gradient above exact", True, "sign", "pgd: rule 55.0% vs exact 0.0% (p=7.7e-34)"),
         ("transfer or black-box stronger", True, "sign",  # the smaller of two p-values, times two (Bonferroni)
          "pgd/transfer 2.0% vs every rule-gradient attack 55.0% (p=2.47e-32)"),
-        ("single step stronger than iterative", False, "sign", "fgsm 60.0% vs pgd 55.0%, rule gradient (p=1)")]
+        ("single step stronger than iterative", False, "sign", "fgsm 60.0% vs pgd 55.0%, rule gradient (p=1)"),
+        ("attack raised AP above clean", None, "sign", "classification outcomes have no AP")]
     assert (cell.clean.k, cell.clean.n, cell.own.k, cell.bp_worst.k) == (180, 200, 110, 0)
 
 
@@ -543,7 +572,8 @@ def test_a_retrieval_cells_line_and_checks_read_in_map():
         ("rule gradient above exact", True, "hag: rule 0.700 vs exact 0.150 (p=7.89e-31)"),
         ("transfer or black-box stronger", True, "hag/transfer 0.350 vs every rule-gradient attack 0.700 "
                                                  "(p=7.89e-31)"),
-        ("single step stronger than iterative", None, "no single-step and iterative rule attacks")]
+        ("single step stronger than iterative", None, "no single-step and iterative rule attacks"),
+        ("attack raised AP above clean", False, "no attack raised a query's AP above its clean AP")]
 
 
 def test_a_verdict_about_the_rule_needs_three_seeds_and_says_whether_they_agree():

@@ -92,9 +92,10 @@ def load_outcomes(runs: pl.DataFrame, tracking_uri: str, kind: str = "classifica
             table = pl.read_parquet(path)
             if "norm" not in table.columns:  # written before budgets had a norm: every attack then was L-inf's
                 table = table.with_columns(pl.lit("linf").alias("norm"))
-            frames.append(table.select("image", "eps", "norm", *columns)
+            rounds = [c for c in ("round", "rounds") if c in table.columns]  # a convergence re-run's rounds
+            frames.append(table.select("image", "eps", "norm", *columns, *rounds)
                           .with_columns(*[pl.lit(r[a], dtype=pl.String).alias(a) for a in AXES]))
-    return pl.concat(frames) if frames else pl.DataFrame()
+    return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
 
 
 def logged_settings(tracking_uri: str, experiment: str) -> tuple[VerdictSettings, str, list[str]]:

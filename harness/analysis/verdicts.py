@@ -38,6 +38,7 @@ from harness.analysis.checks import (
     check_converged,
     check_equal_evidence,
     check_exact_not_weaker,
+    sign_attack_raised_ap,
     sign_rule_above_exact,
     sign_single_step_stronger,
     sign_transfer_or_blackbox_stronger,
@@ -136,10 +137,10 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
                    check_accuracy_falls_with_eps(mine),
                    check_bp_broken(bps, settings.for_task(settings.bp_broken_below, task), baseline),
                    check_equal_evidence(at, bp_at, reran, bp_reran, baseline),
-                   check_converged(at, reran),
-                   *([] if model == bp else [check_converged(bp_at, bp_reran, baseline)]),
+                   check_converged(mine, eps, settings.delta, reran),
+                   *([] if model == bp else [check_converged(bps, eps, settings.delta, bp_reran, baseline)]),
                    sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
-                   sign_single_step_stronger(at, single_step)]
+                   sign_single_step_stronger(at, single_step), sign_attack_raised_ap(mine)]
     if own_attacks and not cell.is_baseline:
         _, _, own_per_image = worst_case(at, own_attacks)
         everything = per_image.filter(pl.col("image").is_in(own_per_image["image"].to_list()))

@@ -15,8 +15,9 @@ from pydantic import Field
 from harness.stages.attack import OUTCOMES
 from harness.stages.base import MODEL, Node, NodeFiles, Plan, Progress, Stage, digest, register_stage
 from harness.stages.primary import chosen_budget
-from workloads.attacks import AttackConfig, ConvergeSettings, get_attack
+from workloads.attacks import ConvergeSettings, get_attack
 from workloads.attacks.outcomes import survivors
+from workloads.attacks.stage import RerunConfig
 from workloads.tasks import get_task
 
 RERUN = "re-run "
@@ -51,12 +52,15 @@ class Converge(Stage):
                         and get_attack(n.config.attack).norm_of(n.config.params) == "linf"]
             if not evidence:
                 continue
-            cfg = AttackConfig.model_construct(attack=conv.attack, source="exact", eps=[] if eps is None else [eps],
-                                               n=max(n.config.n for n in evidence), batch_size=conv.batch_size,
-                                               params=conv.params, device=dag.device, diagnostics=False)
+            n = max(n.config.n for n in evidence)
+            cfg = RerunConfig.model_construct(attack=conv.attack, source="exact", eps=[] if eps is None else [eps],
+                                              n=n, batch_size=conv.batch_size, params=conv.params, device=dag.device,
+                                              diagnostics=False, rounds=conv.rounds,
+                                              stop_below=dag.verdicts.delta / 2 * n)
             inputs = {"model": ft, **({} if eps is not None else {"primary": primary}),
                       **{f"evidence {i}": n for i, n in enumerate(evidence)}}
-            keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"})
+            keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params", "rounds",
+                                            "stop_below"})
             key = digest({"stage": self.name, "config": keyed, "inputs": {r: n.key for r, n in inputs.items()}})
             out.append(Node(self.name, key, f"converge {conv.attack}/exact on {a['task']}/{a['rule']} "
                             f"{a['dataset']}/{a['backbone']}/s{a['seed']}",
@@ -72,21 +76,32 @@ class Converge(Stage):
         evidence = [pl.read_parquet(files.inputs[role] / OUTCOMES) for role in node.inputs
                     if role.startswith("evidence")]
         images = survivors(evidence, cfg.eps[-1])
-        if images:
-            result = run_config(cfg.model_copy(update={"images": images}), files.inputs["model"] / MODEL)
-            outcomes = result.pop("outcomes")
-        else:  # every image already broken: nothing to re-run, and an empty table says so
-            outcomes = evidence[0].clear().select("image", "eps", "norm", "clean", "robust", "robust_raw", "linf",
-                                                  "l2", "invalid")
-            result = {"attack": cfg.attack, "source": "exact", "rows": [], "seconds": 0.0}
-        result.update({"survivors": len(images), "broken": int((~outcomes["robust"]).sum())})
-        progress({"eps": cfg.eps[-1], "point": 1, "points": 1, "metric": "broken", "broken": result["broken"]})
+        broken, rounds, seconds, last = [], [], 0.0, None
+        for r in range(1, cfg.rounds + 1):  # each round: fresh random starts on what the rounds before left
+            if not images:
+                break
+            result = run_config(cfg.model_copy(update={"images": images, "seed": node.axes["seed"] + r - 1}),
+                                files.inputs["model"] / MODEL)
+            last, seconds = result.pop("outcomes"), seconds + result["seconds"]
+            broken.append(last.filter(~pl.col("robust")).with_columns(pl.lit(r, pl.Int32).alias("round")))
+            rounds.append({"round": r, "attacked": len(images), "broke": broken[-1].height})
+            progress({"eps": cfg.eps[-1], "point": r, "points": cfg.rounds, "metric": "broke",
+                      "broke": broken[-1].height})
+            images = sorted(set(images) - set(broken[-1]["image"].to_list()))
+            if broken[-1].height < cfg.stop_below:
+                break
+        columns = ["image", "eps", "norm", "clean", "robust", "robust_raw", "linf", "l2", "invalid"]
+        kept = (last if last is not None else evidence[0].clear()).select(columns)
+        kept = kept.filter(pl.col("image").is_in(images)).with_columns(pl.lit(None, pl.Int32).alias("round"))
+        outcomes = (pl.concat([*(b.select(*columns, "round") for b in broken), kept]).sort("image")
+                    .with_columns(pl.lit(len(rounds), pl.Int32).alias("rounds")))  # a last round may break none
         write_outcomes(outcomes, files.folder / OUTCOMES)  # before result.json: that marks it done
-        return result
+        return {"attack": cfg.attack, "source": "exact", "rows": [], "seconds": seconds, "rounds": rounds,
+                "survivors": rounds[0]["attacked"] if rounds else 0, "broken": sum(b.height for b in broken)}
 
     def passes(self, node: Node, counts: dict[str, int]) -> float:
         cfg = node.config
-        return get_attack(cfg.attack).passes(cfg.params, cfg.eps or [1.0], cfg.n)  # one budget, chosen or not
+        return get_attack(cfg.attack).passes(cfg.params, cfg.eps or [1.0], cfg.n)  # one budget, one round
 
     def metrics(self, result: dict) -> dict[str, float]:
-        return {k: result[k] for k in ("survivors", "broken")}
+        return {"survivors": result["survivors"], "broken": result["broken"], "rounds": len(result.get("rounds", []))}

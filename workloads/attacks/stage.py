@@ -73,11 +73,20 @@ class AttackConfig(AttackSample):
 RERUN_PARAMS = {"loss": "dlr", "steps": 100, "restarts": 2}
 
 
+class RerunConfig(AttackConfig):
+    """A convergence re-run node: its attack, and when its rounds stop (docs/evaluation.md, "Convergence")."""
+
+    rounds: Annotated[int, Field(ge=1, le=100)] = 1
+    """The most rounds; each attacks, with fresh random starts, the images the rounds before left robust."""
+    stop_below: Annotated[float, Field(ge=0)] = 0.0
+    """A round that breaks fewer images than this is the last: the attacks have converged."""
+
+
 class ConvergeSettings(Section):
     """The convergence re-run (docs/evaluation.md, "Convergence"): after every attack on a classifier, one more
     exact-gradient attack with more steps, restarts and a margin loss (which does not saturate the way
-    cross-entropy does on confident models), on the images all of them left robust at the primary budget. A cell
-    whose worst case falls below its interval under it is "attack not converged"."""
+    cross-entropy does on confident models), on the images all of them left robust at the primary budget, in
+    rounds."""
 
     attack: str = "apgd"
     """A white-box classification attack (registered name)."""
@@ -87,6 +96,10 @@ class ConvergeSettings(Section):
     default)."""
     batch_size: Count = 250
     """Images per batch."""
+    rounds: Annotated[int, Field(ge=1, le=100)] = 3
+    """The most rounds of the re-run, each with fresh random starts on the images the rounds before left robust;
+    they stop once a round breaks fewer than delta/2 of the images (`verdicts.delta`), and a cell whose last round
+    still broke more is "attack not converged"."""
 
     @model_validator(mode="before")
     @classmethod
