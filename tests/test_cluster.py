@@ -160,7 +160,7 @@ def test_a_plugin_from_outside_the_repository_runs_on_both_nodes(tmp_path, clust
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[ray] shipping plugins to the workers" in run.stderr
     records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "store").glob("*/*/result.json")]
-    assert len(records) == 1 + 2 + 2 + 4
+    assert len(records) == 1 + 2 + 2 + 4 + 1  # pretrain, finetune, evaluate, attack, the primary budget
     assert len({r["where"]["ray_node_id"] for r in records}) == 2, "trials should run on both nodes"
     scf = [r for r in records if r["node"]["axes"].get("rule") == "scf" and r["node"]["stage"] == "finetune"]
     assert len(scf) == 1 and scf[0]["result"]["metrics"]["n"] > 0

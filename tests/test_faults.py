@@ -191,7 +191,7 @@ def test_four_times_the_grid_at_full_concurrency_loses_nothing(data, tmp_path):
         sets += ["--set", f"resources.{stage}.cpu=0.25"]
     done = _finish(_args(data, tmp_path, *sets), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "ran: pretrain 4, finetune 16, evaluate 16, attack 52" in done.stderr
+    assert "ran: pretrain 4, finetune 16, evaluate 16, attack 56, primary 8" in done.stderr
     assert "database is locked" not in done.stderr.lower()
     records = [json.loads(p.read_text()) | {"end": p.stat().st_mtime}
                for p in (tmp_path / "out" / "store").glob("*/*/result.json")]

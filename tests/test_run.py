@@ -45,6 +45,13 @@ def test_first_run_executes_every_node_and_reports(smoke):
         assert (work / "results" / name).is_file(), name
     verdicts = pl.read_csv(work / "results" / "verdicts.csv")
     assert sorted(verdicts.filter(pl.col("rule") == "frsf")["task"].to_list()) == ["classification", "hashing"]
+    assert set(verdicts["primary_chosen_by"]) == {"calibration on the baseline"}  # the smoke DAG fixes no budget
+    primary = [c for c in children if c.data.tags["harness.stage"] == "primary"]
+    assert {c.data.metrics["primary_eps"] for c in primary} == set(verdicts["primary"])  # recorded in MLflow
+    retrieval = pl.read_csv(work / "results" / "hashing_worst.csv")
+    assert retrieval["split clean mAP"].is_between(0, 1).all()  # the whole split's, beside the attacked queries'
+    curve = pl.read_csv(work / "results" / "worst_case_curve.csv")
+    assert curve.height == 4 * 2 and set(curve["eps"]) == {0.0, 0.1}  # every model at every L-inf budget
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(atk.info.run_id)}
     assert {"outcomes.parquet", "result.json"} <= artifacts  # the per-image evidence of the verdicts
     assert "clean:" in first.stdout and "robustness:" in first.stdout
@@ -74,7 +81,7 @@ def test_second_run_is_cached_and_an_eps_change_reruns_only_that_attack(smoke):
     assert "ran: pretrain 0, finetune 0, evaluate 0, attack 4" in changed.stderr
     plan = harness("plan", *args[1:4], "--out", str(work / "out"), cwd=work)
     attack_row = next(line.split() for line in plan.stdout.splitlines() if line.startswith("attack"))
-    assert plan.returncode == 0 and attack_row[1:4] == ["13", "13", "0"]  # nodes, cached, to run
+    assert plan.returncode == 0 and attack_row[1:4] == ["14", "14", "0"]  # nodes, cached, to run
 
 
 def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
@@ -101,7 +108,7 @@ def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
     out = harness("run", str(dag), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"), cwd=tmp_path)
     assert out.returncode == 1, out.stderr[-3000:]
     assert "FAILED pretrain bad/resnet18/s0" in out.stderr and "test-000000.tar" in out.stderr
-    assert "3 node(s) skipped because an input failed" in out.stderr
+    assert "4 node(s) skipped because an input failed" in out.stderr  # its finetune, evaluate, attack, budget
     runs = _runs(tmp_path, "two")
     failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get("harness.kind") == "node"]
     assert len(failed) == 1 and "test-000000.tar does not match its manifest" in failed[0].data.tags["harness.error"]

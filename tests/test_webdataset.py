@@ -161,7 +161,7 @@ def test_a_tiny_dag_runs_on_shards_indexed_in_place(tmp_path):
     nodes = build_plan(dag)
     for node in nodes:
         run_node(node, store)
-    assert all(store.done(n.stage, n.key) for n in nodes) and len(nodes) == 1 + 2 + 2 + 4
+    assert all(store.done(n.stage, n.key) for n in nodes) and len(nodes) == 1 + 2 + 2 + 4 + 1  # and the budget
     import polars as pl
 
     from harness.stages.attack import OUTCOMES

@@ -9,7 +9,7 @@
   outcomes, of a share, of a mean (BCa bootstrap), and `read`, which reads a region off such an interval and gives
   the p-value of that reading (the smallest alpha at which the interval lies in the region);
 - `holm` and `bonferroni`: Holm's correction over the cells of a report, Bonferroni inside a minimum;
-- `t_interval`: a mean's t-interval across training seeds;
+- `seeds_interval` / `read_seeds`: a mean over training seeds, its interval covering seeds and images;
 - `images_to_decide`: roughly how many images a test would need, if the effect seen so far held.
 Paired outcomes are arrays over the same images (or queries), in the same order: boolean arrays are 0/1 outcomes
 (robust or not) and get exact binomial tests; float arrays are values in [0, 1] (a query's AP) and get paired
@@ -98,17 +98,6 @@ def holm(pvalues: list[float]) -> list[float]:
     if not pvalues:
         return []
     return [float(p) for p in multipletests(pvalues, method="holm")[1]]  # adjusted p-values: alpha plays no part
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    mean, sem = float(values.mean()), float(stats.sem(values))
-    if sem == 0:
-        return mean, mean
-    lo, hi = stats.t.interval(1 - ALPHA, len(values) - 1, loc=mean, scale=sem)
-    return float(lo), float(hi)
 
 
 def images_to_decide(a: np.ndarray, b: np.ndarray, delta: float) -> int | None:
@@ -246,3 +235,48 @@ def _clip(interval: tuple[float, float], at_least: float) -> tuple[float, float]
 def bonferroni(pvalues: list[float]) -> float:
     """The p-value of the smallest of several tests, corrected for taking the smallest (1.0 where there are none)."""
     return min(1.0, min(pvalues) * len(pvalues)) if pvalues else 1.0
+
+
+def seeds_interval(per_seed: list[np.ndarray], pooled: Callable[[float], tuple[float, float]],
+                   alpha: float = ALPHA) -> tuple[float, float]:
+    """A (1 - 2 alpha) interval of a mean over training seeds of per-image values (or paired differences), one
+    array per seed. Each seed's mean carries both the seed's and its images' variation, so a t-interval over the
+    seed means (S - 1 degrees of freedom) covers both; but seeds that happen to agree give it no width at all (three
+    seeds at 0% read [0%, 0%]), so it is widened to `pooled`, the interval of every seed's images taken together
+    (which alone would ignore the seeds): the hull of the two."""
+    means = np.array([float(np.mean(d)) for d in per_seed])
+    lo, hi = pooled(alpha)
+    if len(means) >= 2 and np.ptp(means) > 1e-12:
+        ci = stats.ttest_1samp(means, 0.0).confidence_interval(confidence_level=1 - 2 * alpha)
+        lo, hi = min(lo, float(ci.low)), max(hi, float(ci.high))
+    return lo, hi
+
+
+def read_seeds(mine: list[np.ndarray], theirs: list[np.ndarray] | None,
+               regions: dict[str, Callable[[float, float], bool]]) -> Reading:
+    """The mean over seeds of mean(mine) - mean(theirs) (paired within each seed; `theirs` None: of mine alone),
+    read against `regions` off `seeds_interval`, pooling the seeds' images exactly (0/1) or by BCa (values)."""
+    d = [_differences(a, b) for a, b in zip(mine, theirs, strict=True)] if theirs is not None else [
+        np.asarray(a, dtype=float) for a in mine]
+    if theirs is not None and all(_binary(a) for a in mine) and all(_binary(b) for b in theirs):
+        a, b = np.concatenate(mine), np.concatenate(theirs)
+
+        def pooled(alpha: float) -> tuple[float, float]:
+            return difference_interval(a, b, alpha)
+        floor = 1e-16
+    elif theirs is None and all(_binary(a) for a in mine):
+        k, n = int(sum(int(np.sum(a)) for a in mine)), sum(len(a) for a in mine)
+
+        def pooled(alpha: float) -> tuple[float, float]:
+            return share_interval(k, n, alpha)
+        floor = 1e-16
+    else:
+        flat = np.concatenate(d)
+        drawn = None if np.ptp(flat) < 1e-12 else stats.bootstrap(
+            (flat,), np.mean, n_resamples=RESAMPLES, method="BCa", rng=np.random.default_rng(0))
+
+        def pooled(alpha: float) -> tuple[float, float]:
+            return mean_interval(flat, alpha, _result=drawn)
+        floor = 1 / RESAMPLES
+    value = float(np.mean([x.mean() for x in d])) if d else math.nan
+    return read(lambda alpha: seeds_interval(d, pooled, alpha), value, sum(len(x) for x in d), regions, floor)

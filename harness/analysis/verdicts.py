@@ -101,6 +101,8 @@ class Cell:
     baseline: str = "bp"  # the rule it is compared with
     eps: float | None = None  # the primary budget
     chosen_by: str = "verdicts.primary"  # how it was chosen
+    paired: tuple | None = None  # per image: the model's and the baseline's worst case, on the same images
+    above: np.ndarray | None = None  # per image: how far the own-gradient worst case lies above the worst case
 
     @property
     def is_baseline(self) -> bool:
@@ -132,7 +134,7 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
                 worst_case(at, own_attacks)[0] if own_attacks else None, None, [], measure=m, baseline=baseline,
                 eps=eps, chosen_by=chosen_by)
     reran = reran or any(a.startswith(RERUN) for a, _ in attacks_of(at))
-    bp_reran = reran if bp_reran is None else bp_reran or any(a.startswith(RERUN) for a, _ in attacks_of(bp_at))
+    bp_reran = any(a.startswith(RERUN) for a, _ in attacks_of(bp_at)) or (reran if bp_reran is None else bp_reran)
     cell.checks = [check_bp_gradients_agree(bp_at, cosine, baseline), check_exact_not_weaker(at, settings.delta),
                    check_accuracy_falls_with_eps(mine),
                    check_bp_broken(bps, settings.for_task(settings.bp_broken_below, task), baseline),
@@ -144,8 +146,8 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
     if own_attacks and not cell.is_baseline:
         _, _, own_per_image = worst_case(at, own_attacks)
         everything = per_image.filter(pl.col("image").is_in(own_per_image["image"].to_list()))
-        cell.overstatement = stats.read_share(_above(own_per_image[m.value], everything[m.value]),
-                                              honesty_regions(settings.delta))
+        cell.above = _above(own_per_image[m.value], everything[m.value])
+        cell.overstatement = stats.read_share(cell.above, honesty_regions(settings.delta))
     if cell.is_baseline or bp_at.is_empty() or not all(c.passed is not False for c in cell.checks
                                                         if c.name == "equal evidence"):
         return cell
@@ -153,6 +155,7 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
     _, _, per_mine = worst_case(at, None, set(images))
     cell.bp_worst, _, per_bp = worst_case(bp_at, None, set(images))
     r, b = per_mine[m.value].to_numpy(), per_bp[m.value].to_numpy()
+    cell.paired = (r, b)
     cell.difference = stats.read_difference(r, b, robustness_regions(settings.delta))
     cell.needed = stats.images_to_decide(r, b, settings.delta)
     return cell
@@ -305,7 +308,7 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
         models += [(m, table) for m in mine]
     cells = decide(cells, settings)  # Holm over every cell of the report, both tasks
     rows = [_row(c) for c in cells]
-    lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells)
+    lines = [c.line for c in cells if not c.is_baseline] + rule_lines(cells, settings)
     if models and not any(m["rule"] == baseline for m, _ in models):
         lines.append(f"No verdicts: the baseline rule {baseline} has no attacked model here to compare with; add it "
                      "to the DAG's rules (or set `baseline` to one of them).")
@@ -335,29 +338,47 @@ def _row(c: Cell) -> dict:
     return row
 
 
-def rule_lines(cells: list[Cell]) -> list[str]:
-    """An answer about a rule, not one model, needs three or more seeds (docs/evaluation.md): each seed's answers
-    are decided on their own (Holm over every cell), then the rule line says whether they agree and gives the worst
-    case and the own-gradient number as a mean with its t-interval across seeds."""
-    def across(values: list[float], f) -> str:
-        lo, hi = stats.t_interval(values)
-        return f"{f(sum(values) / len(values))} mean, t-interval [{f(lo)}, {f(hi)}]"
+def rule_lines(cells: list[Cell], settings: VerdictSettings) -> list[str]:
+    """An answer about a rule, not one model, needs three or more seeds (docs/evaluation.md). Both answers are read
+    again for the rule: the mean over seeds of the paired difference (and of the overstatement), with an interval
+    over seeds and images together (`stats.read_seeds`), each family Holm-corrected over the rule lines of the
+    report. A seed whose cell is invalid or not converged gates the rule's robustness answer; the line also says how
+    the seeds' own answers fell."""
+    def tally(answers: list[str]) -> str:
+        return ", ".join(f"{a} x{answers.count(a)}" for a in sorted(set(answers)))
 
-    def agreed(answers: list[str]) -> str:
-        distinct = sorted(set(answers))
-        return distinct[0] if len(distinct) == 1 else f"mixed across seeds ({', '.join(distinct)})"
-
-    lines, groups = [], {}
+    groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(tuple(c.model[k] for k in ("dataset", "backbone", "task", "rule")), []).append(c)
-    for (dataset, backbone, task, rule), cs in groups.items():
-        if cs[0].is_baseline or len(cs) < 3:
-            continue
-        f = cs[0].measure.fmt
+    rules = [(key, cs) for key, cs in groups.items() if not cs[0].is_baseline and len(cs) >= 3]
+    readings = []
+    for _, cs in rules:
+        gate = next((g for g in (INVALID, NOT_CONVERGED) if any(c.robustness == g for c in cs)), None)
+        diff = None if gate or any(c.paired is None for c in cs) else stats.read_seeds(
+            [c.paired[0] for c in cs], [c.paired[1] for c in cs], robustness_regions(settings.delta))
+        over = None if any(c.above is None or c.robustness == INVALID for c in cs) else stats.read_seeds(
+            [c.above for c in cs], None, honesty_regions(settings.delta))
+        readings.append((gate, diff, over))
+    adjusted: dict[tuple[int, str], float] = {}
+    for slot, answer in ((1, "robustness"), (2, "gradient")):
+        which = [i for i, r in enumerate(readings) if r[slot] is not None and r[slot].region is not None]
+        for i, p in zip(which, stats.holm([readings[i][slot].p for i in which]), strict=True):
+            adjusted[(i, answer)] = p
+    lines = []
+    for i, (((dataset, backbone, task, rule), cs), (gate, diff, over)) in enumerate(zip(rules, readings,
+                                                                                      strict=True)):
+        m, base = cs[0].measure, cs[0].baseline
+        p = adjusted.get((i, "robustness"))
+        answer = gate or (diff.region if diff is not None and p is not None and p < stats.ALPHA else INCONCLUSIVE)
         text = (f"**{rule}** ({dataset}/{backbone}/{task}, the rule over {len(cs)} seeds): "
-                f"{agreed([c.label for c in cs])}; its own gradient: {agreed([c.gradient for c in cs])}; worst case "
-                f"{across([c.worst.value for c in cs], f)}")
-        if all(c.own is not None for c in cs):
-            text += f"; its own gradient says {across([c.own.value for c in cs], f)}"
+                f"**{answer.replace(' bp', f' {base}')}**")
+        if diff is not None:
+            text += (f"; difference from {base} {_span(m, diff)} over seeds and {m.unit}"
+                     + (f" (Holm-adjusted p={p:.3g} over the rule lines)" if p is not None else ""))
+        q = adjusted.get((i, "gradient"))
+        if over is not None:
+            honest = over.region if q is not None and q < stats.ALPHA else INCONCLUSIVE
+            text += f"; its own gradient overstates its worst case by {_span(m, over, '')}: {honest}"
+        text += f"; per seed: {tally([c.label for c in cs])}"
         lines.append(text + ".")
     return lines

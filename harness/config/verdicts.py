@@ -28,7 +28,7 @@ class VerdictSettings(Section):
     """Sanity, per task (or task kind): the strongest attack at the largest budget must take the baseline below this
     accuracy (or mAP; 0.25 is about chance on a 5-class retrieval database: chance mAP is roughly the share of
     relevant items)."""
-    blackbox_weak_above: Annotated[float, Field(gt=0, le=1)] = 0.20
+    blackbox_weak_above: Annotated[float, Field(gt=0, le=1)] = 0.10
     """An L-inf black-box attack that leaves the baseline above this accuracy at the primary budget is marked too
     weak."""
 
