@@ -113,7 +113,7 @@ def test_a_failing_dataset_is_reported_and_the_rest_finishes(tmp_path):
     failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get("harness.kind") == "node"]
     assert len(failed) == 1 and "test-000000.tar does not match its manifest" in failed[0].data.tags["harness.error"]
     good = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("axis.dataset") == "good"]
-    assert len(good) == 4  # pretrain, finetune, evaluate, attack of the good dataset all finished
+    assert len(good) == 5  # pretrain, finetune, evaluate, attack, primary budget of the good dataset all finished
     assert (tmp_path / "res" / "clean.csv").is_file()  # the report still covers what finished
 
 
