@@ -662,3 +662,45 @@ def test_the_robustness_curve_reads_every_model_at_every_budget_on_the_same_imag
         [stats.wilson(0, 200)[1], stats.wilson(40, 200)[1]])
     assert curve_figure(curve, tmp_path / "curve.png").is_file()
     assert worst_case_curve(pl.DataFrame()).is_empty()
+
+
+def test_the_verdict_table_row_holds_both_answers_and_how_the_budget_was_chosen():
+    from harness.analysis.verdicts import _row
+
+    cell = on_both({("pgd", "rule"): {0: 1.0, 0.1: 0.6}, ("pgd", "exact"): {0: 1.0, 0.1: 0.5}}, BP)
+    row = _row(cell)
+    d, o = cell.difference, cell.overstatement
+    assert row == {
+        **CELL, "rule": "frsf", "primary": 0.1, "primary_chosen_by": "verdicts.primary", "robustness": MORE,
+        "difference": 0.5, "difference_lo": d.lo, "difference_hi": d.hi, "robustness_p": cell.adjusted["robustness"],
+        "gradient": OVERSTATES, "gradient_overstatement": 0.1, "gradient_overstatement_lo": o.lo,
+        "gradient_overstatement_hi": o.hi, "gradient_overstatement_p": cell.adjusted["gradient"],
+        "clean": 1.0, "clean_lo": stats.wilson(200, 200)[0], "clean_hi": 1.0, "worst": 0.5,
+        "worst_lo": stats.wilson(100, 200)[0], "worst_hi": stats.wilson(100, 200)[1], "n": 200,
+        "broken_by": "pgd/exact 100, pgd/rule 80", "own_gradient": 0.6, "bp_worst": 0.0,
+        "bp gradients agree": "pass", "exact gradient not weaker": "pass", "accuracy falls with eps": "pass",
+        "attacks break bp": "pass", "equal evidence": "pass", "attack converged": "n/a", "bp attack converged": "n/a",
+        "rule gradient above exact": "yes", "transfer or black-box stronger": "n/a",
+        "single step stronger than iterative": "n/a", "attack raised AP above clean": "n/a"}
+    assert 0.39 < d.lo < 0.5 < d.hi < 0.6 and 0 < cell.adjusted["robustness"] < 1e-6
+    failed = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.1}, ("pgd", "exact"): {0: 1.0, 0.1: 0.6}}, BP)
+    assert _row(failed)["exact gradient not weaker"] == "FAIL" and _row(failed)["robustness"] == INVALID
+
+
+def test_the_primary_budget_of_each_panel_comes_from_its_primary_node_unless_the_dag_fixes_it():
+    from harness.analysis.verdicts import primary_budgets
+    from harness.stages.primary import CALIBRATED
+
+    axes = ("dataset", "backbone", "task", "rule", "seed")
+    runs = pl.DataFrame({"stage": ["primary", "primary", "evaluate", "primary"],
+                         "dataset": ["d"] * 4, "backbone": ["b"] * 4,
+                         "task": ["classification", "classification", "hashing", "hashing"],
+                         "rule": ["bp"] * 4, "seed": ["0", "1", "0", "0"],
+                         "metrics.primary_eps": [0.02, 0.05, 0.3, None]},
+                        schema_overrides=dict.fromkeys(axes, pl.String))
+    chosen = primary_budgets(runs, VerdictSettings())
+    assert chosen == {("d", "b", "classification", "0"): (0.02, CALIBRATED),
+                      ("d", "b", "classification", "1"): (0.05, CALIBRATED)}  # the evaluate run's metric is not one
+    fixed = primary_budgets(runs, VerdictSettings(primary={"hashing": 0.1}))
+    assert fixed[("d", "b", "hashing", "0")] == (0.1, "verdicts.primary") and len(fixed) == 3
+    assert primary_budgets(runs.drop("metrics.primary_eps"), VerdictSettings()) == {}  # a run from before budgets
