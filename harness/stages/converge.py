@@ -52,11 +52,11 @@ class Converge(Stage):
                         and get_attack(n.config.attack).norm_of(n.config.params) == "linf"]
             if not evidence:
                 continue
-            n = max(n.config.n for n in evidence)
+            sample = max(e.config.n for e in evidence)
             cfg = RerunConfig.model_construct(attack=conv.attack, source="exact", eps=[] if eps is None else [eps],
-                                              n=n, batch_size=conv.batch_size, params=conv.params, device=dag.device,
-                                              diagnostics=False, rounds=conv.rounds,
-                                              stop_below=dag.verdicts.delta / 2 * n)
+                                              n=sample, batch_size=conv.batch_size, params=conv.params,
+                                              device=dag.device, diagnostics=False, rounds=conv.rounds,
+                                              stop_below=dag.verdicts.delta / 2 * sample)
             inputs = {"model": ft, **({} if eps is not None else {"primary": primary}),
                       **{f"evidence {i}": n for i, n in enumerate(evidence)}}
             keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params", "rounds",
