@@ -184,7 +184,7 @@ sys.exit(0 if summary.ok else 1)
 
 
 def test_four_times_the_grid_at_full_concurrency_loses_nothing(data, tmp_path):
-    """4 seeds instead of 1 (88 nodes) and a quarter CPU per trial: 8 trials at a time on 2 cores, while the driver
+    """4 seeds instead of 1 (100 nodes) and a quarter CPU per trial: 8 trials at a time on 2 cores, while the driver
     logs every node to one sqlite MLflow store."""
     sets = ["--set", "seeds=[0,1,2,3]"]
     for stage in ("pretrain", "finetune", "evaluate", "attack"):
@@ -195,7 +195,7 @@ def test_four_times_the_grid_at_full_concurrency_loses_nothing(data, tmp_path):
     assert "database is locked" not in done.stderr.lower()
     records = [json.loads(p.read_text()) | {"end": p.stat().st_mtime}
                for p in (tmp_path / "out" / "store").glob("*/*/result.json")]
-    assert len(records) == 88
+    assert len(records) == 100
     # trials really ran side by side: the most that overlapped in time. Each trial's span is its own start and end,
     # so a slow machine stretches them all alike: with 8 slots on 2 cores, 4 overlapping is a matter of scheduling,
     # not of speed
@@ -208,5 +208,5 @@ def test_four_times_the_grid_at_full_concurrency_loses_nothing(data, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("smoke")
     runs = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'node'", output_format="list")
-    assert len(runs) == 88 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 100 and all(r.info.status == "FINISHED" for r in runs)
     assert sorted({r.data.tags["axis.seed"] for r in runs}) == ["0", "1", "2", "3"]  # every trial's seed is logged
