@@ -134,10 +134,11 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
         tables.update(stage.report(runs, rows))
         figures.update(stage.figures(rows, out, baseline))
     notes = [*attack_notes(runs), *notes]
-    md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Verdicts and worst cases are per model "
+    md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Answers and worst cases are per model "
           "(per seed); the tables after them are means over seeds.", ""]
     if lines:
-        md += ["## Verdicts", "", *[f"- {ln}" for ln in lines], ""]
+        md += ["## Answers: robustness against the baseline, and gradient honesty", "",
+               *[f"- {ln}" for ln in lines], ""]
     for name, (title, df) in tables.items():
         if df.is_empty():
             continue
