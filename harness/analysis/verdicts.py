@@ -255,18 +255,21 @@ def _line(c: Cell, settings: VerdictSettings) -> str:
     return text
 
 
-def primary_budgets(runs: pl.DataFrame, settings: VerdictSettings) -> dict[tuple, tuple[float, str]]:
+def primary_budgets(runs: pl.DataFrame, settings: VerdictSettings,
+                    outcomes: list[pl.DataFrame] = ()) -> dict[tuple, tuple[float, str]]:
     """(dataset, backbone, task, seed) -> the primary budget and how it was chosen: the DAG's `verdicts.primary`
-    for a task it names, else what the baseline's primary node chose (harness/stages/primary.py)."""
+    for a task it names, else what the baseline's primary node chose (harness/stages/primary.py). Panels are those
+    of `runs` and of any `outcomes` tables."""
     out = {}
     chosen = runs.filter(pl.col("stage") == "primary") if "metrics.primary_eps" in runs.columns else runs.clear()
     for r in chosen.iter_rows(named=True):
         if r["metrics.primary_eps"] is not None:
             out[tuple(r[k] for k in PANEL)] = (float(r["metrics.primary_eps"]), CALIBRATED)
-    for r in runs.select(PANEL).unique().iter_rows(named=True):
-        fixed = settings.for_task(settings.primary, r["task"]) if r["task"] is not None else None
-        if fixed is not None:
-            out[tuple(r[k] for k in PANEL)] = (fixed, "verdicts.primary")
+    for frame in (runs, *outcomes):
+        for r in frame.select(PANEL).unique().iter_rows(named=True):
+            fixed = settings.for_task(settings.primary, r["task"]) if r["task"] is not None else None
+            if fixed is not None:
+                out[tuple(r[k] for k in PANEL)] = (fixed, "verdicts.primary")
     return out
 
 
@@ -284,17 +287,13 @@ def verdict_report(runs: pl.DataFrame, outcomes: list[pl.DataFrame], settings: V
     cosine = {tuple(r[k] for k in MODEL): r.get(f"metrics.{Metric.GRAD_COSINE}")
               for r in runs.filter(pl.col("stage") == "evaluate").iter_rows(named=True)}
     reran = {tuple(r[k] for k in MODEL) for r in runs.filter(pl.col("stage") == "converge").iter_rows(named=True)}
-    budgets = primary_budgets(runs, settings)
+    budgets = primary_budgets(runs, settings, outcomes)
 
     def panel(m: dict) -> tuple:
         return tuple(m[k] for k in PANEL)
 
     cells, models = [], []
     for table in outcomes:  # one task kind each: their per-image columns differ
-        for m in table.select(PANEL).unique().iter_rows(named=True):  # budgets of runs that predate the runs table
-            fixed = settings.for_task(settings.primary, m["task"])
-            if panel(m) not in budgets and fixed is not None:
-                budgets[panel(m)] = (fixed, "verdicts.primary")
         mine = [dict(zip(MODEL, m, strict=True)) for m in table.select(MODEL).unique().sort(MODEL).iter_rows()]
         mine = [m for m in mine if panel(m) in budgets]
         order = {r: i for i, r in enumerate(rule_order([m["rule"] for m in mine]))}
