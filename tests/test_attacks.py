@@ -20,6 +20,7 @@ from workloads.attacks import (
 )
 from workloads.checkpoint import Loaded, load_model
 from workloads.datasets import ShardReader, prepare
+from workloads.errors import ConfigError
 from workloads.tasks import get_task
 from workloads.train import finetune
 
@@ -82,7 +83,7 @@ def hasher():
     return loaded, queries, database
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "fmn"])
 @pytest.mark.parametrize("source", ["rule", "exact", "transfer"])
 def test_budget_and_eps_zero(models, name, source):
     loaded, batches, _ = models
@@ -92,7 +93,8 @@ def test_budget_and_eps_zero(models, name, source):
         assert row["linf"] <= row["eps"] + 1e-6 and 0 <= row["robust_acc"] <= 1
 
 
-@pytest.mark.parametrize("name,params", [("pgd", {"steps": 3}), ("fgsm", {}), ("apgd", {"steps": 3}),
+@pytest.mark.parametrize("name,params", [("pgd", {"steps": 3}), ("pgd", {"steps": 2, "restarts": 3}), ("fgsm", {}),
+                                         ("apgd", {"steps": 3}), ("apgd-dlr", {"steps": 3}),
                                          ("square", {"queries": 30})])
 def test_adversarial_images_stay_in_the_box(classifier, name, params):
     loaded, batches = classifier
@@ -113,6 +115,27 @@ def test_pgd_is_at_least_as_strong_as_fgsm_and_breaks_a_bp_model(classifier):
         assert p["robust_acc"] <= f["robust_acc"] + 1e-9, (f, p)
     assert pgd[-1]["robust_acc"] <= 0.05
     assert pgd[-1]["queries"] == 20  # one forward per gradient step, per image
+
+
+def test_pgd_restarts_only_the_survivors_and_never_breaks_fewer(classifier):
+    loaded, batches = classifier
+    once = attack(loaded, "pgd", "exact", [0.0, 0.04], batches, params={"steps": 2})
+    thrice = attack(loaded, "pgd", "exact", [0.0, 0.04], batches, params={"steps": 2, "restarts": 3})
+    assert 0 < once[1]["robust_acc"] and thrice[1]["robust_acc"] <= once[1]["robust_acc"]
+    # two steps and a check per restart, on the survivors only: less than three full runs
+    assert once[1]["queries"] < thrice[1]["queries"] < 3 * once[1]["queries"] + 3
+
+
+def test_fmn_finds_radii_as_small_as_pgd_breaks_at_and_reads_every_budget_off_one_run(classifier):
+    loaded, batches = classifier
+    grid = [0.0, 0.02, 0.05, 0.1, 0.3]
+    fmn = attack(loaded, "fmn", "exact", grid, batches, params={"steps": 50})
+    pgd = attack(loaded, "pgd", "exact", grid, batches, params={"steps": 20})
+    assert fmn[0]["found"] == 1.0 and 0 < fmn[0]["median_linf"] < 0.3
+    assert fmn[0]["queries"] == 52  # one run: the clean check, 50 gradient steps, the final check
+    for f, p in zip(fmn, pgd, strict=True):
+        assert f["robust_acc"] <= p["robust_acc"] + 0.05, (f, p)
+    assert [r["robust_acc"] for r in fmn] == sorted((r["robust_acc"] for r in fmn), reverse=True)
 
 
 def test_exact_equals_rule_on_bp_and_differs_on_frsf(models):
@@ -180,6 +203,7 @@ def test_every_tensor_an_attack_uses_lives_on_the_models_device(name):
     except (RuntimeError, NotImplementedError) as exc:
         assert "meta" in str(exc) and "device" not in str(exc).replace("meta tensors", ""), f"{name}: {exc}"
     else:
+        out = out[0] if isinstance(out, tuple) else out  # a minimal attack: (x_adv, found)
         assert out.device.type == "meta"
 
 
@@ -233,6 +257,10 @@ def test_black_box_attacks_never_call_backward(classifier, no_backward, name, pa
     if name != "square":  # minimal attacks: the curve comes from one run, and it found adversarials
         assert rows[1]["norm"] == ("l2" if name == "boundary" else "linf")
         assert rows[-1]["success_rate"] > 0 and rows[-1]["robust_acc"] < rows[0]["robust_acc"]
+        # the start search's queries apart from the attack's own, per image it attacked: together within the total
+        n, attacked = len(batches[0][1]), rows[0]["clean_acc"] * len(batches[0][1])
+        assert rows[0]["start_queries"] > 0 and rows[0]["own_queries"] > 0
+        assert rows[0]["start_queries"] * n + rows[0]["own_queries"] * attacked <= rows[0]["queries"] * n + 1e-6
 
 
 def test_attack_checkpoint_end_to_end(models):
@@ -266,6 +294,21 @@ def test_attacking_some_images_gives_their_outcomes_of_a_run_on_all(models):
     assert some.select(cols).equals(full.filter(pl.col("image").is_in([2, 4, 9])).select(cols))
 
 
+def test_a_random_sample_is_drawn_from_the_whole_split_by_its_own_seed_the_same_for_every_model(models):
+    _, _, paths = models
+    config = {"n": 5, "batch_size": 4, "sample": "random", "diagnostics": False}
+    full = attack_checkpoint(paths["frsf"], "fgsm", "exact", [0.1], {"n": 24, "diagnostics": False})["outcomes"]
+    drawn = {rule: attack_checkpoint(paths[rule], "fgsm", "exact", [0.1], config)["outcomes"] for rule in paths}
+    images = drawn["frsf"]["image"].to_list()
+    assert drawn["bp"]["image"].to_list() == images and len(set(images)) == 5 and images != list(range(5))
+    cols = ["image", "eps", "clean", "robust", "robust_raw"]
+    assert drawn["frsf"].select(cols).equals(full.filter(pl.col("image").is_in(images)).select(cols))
+    other = attack_checkpoint(paths["frsf"], "fgsm", "exact", [0.1], {**config, "sample_seed": 1})["outcomes"]
+    assert other["image"].to_list() != images
+    with pytest.raises(ConfigError, match="n: 99 images asked for"):
+        attack_checkpoint(paths["frsf"], "fgsm", "exact", [0.1], {**config, "n": 99})
+
+
 def test_config_errors_come_before_compute():
     with pytest.raises(ValueError, match="eps 1.5 is outside"):
         check_attack("pgd", "classification", "rule", [0.1, 1.5])
@@ -279,8 +322,8 @@ def test_config_errors_come_before_compute():
         check_attack("hag", "classification", "rule", [0.1])
     with pytest.raises(ValueError, match="'boundary' queries outputs only"):
         check_attack("boundary", "classification", "exact", [0.1])
-    with pytest.raises(ValueError, match="params: stepz: unknown key; allowed: steps, alpha_factor, random_start "
-                                         r"\(did you mean 'steps'\?\)"):
+    with pytest.raises(ValueError, match="params: stepz: unknown key; allowed: steps, restarts, alpha_factor, "
+                                         r"random_start \(did you mean 'steps'\?\)"):
         check_attack("pgd", "classification", "rule", [0.1], {"stepz": 3})
-    with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: apgd, autoattack, boundary"):
+    with pytest.raises(ValueError, match="unknown attack 'cw2'; known attacks: apgd, apgd-dlr, autoattack, boundary"):
         check_attack("cw2", "classification", "rule", [0.1])

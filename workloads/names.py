@@ -39,6 +39,8 @@ class Metric:
     MEDIAN_LINF = "median_linf"
     MEDIAN_L2 = "median_l2"
     FOUND = "found"
+    START_QUERIES = "start_queries"  # a decision attack's starting-point search, per image
+    OWN_QUERIES = "own_queries"  # its own queries after that, per image it attacked
     # diagnostics of a model under its rule
     GRAD_COSINE = "input_grad_cosine_mean"
     ANGLE = "angle_mean_deg"

@@ -1,12 +1,12 @@
 """Attacks on fine-tuned models, with the gradient source as an axis (docs/protocol.md, "Attacks").
 
-One file per family registers its attacks: gradient.py (fgsm, pgd, apgd, autoattack), score.py (square),
-decision.py (boundary, hsja), hashing.py (hag, sdha). The order of the import lines is the order tables list the
-attacks in.
+One file per family registers its attacks: gradient.py (fgsm, pgd, apgd, autoattack), minimal.py (fmn), score.py
+(square), decision.py (boundary, hsja), hashing.py (hag, sdha). The order of the import lines is the order tables
+list the attacks in.
 """
 
 # isort: off
-from workloads.attacks import gradient, score, decision, hashing  # noqa: F401  (register the attacks)
+from workloads.attacks import gradient, minimal, score, decision, hashing  # noqa: F401  (register the attacks)
 # isort: on
 from workloads.attacks.base import (
     GRADIENT_SOURCES,

@@ -11,8 +11,12 @@ Families:
 - `gradient`: white-box on a classifier (fgsm, pgd, apgd, autoattack); takes a gradient source;
 - `hashing`: white-box on a hashing model (hag, sdha); takes a gradient source;
 - `score`: queries output scores only (square); no gradient source;
-- `decision`: queries the predicted label only and *minimises* the perturbation (boundary, hsja); one run gives the
-  whole eps curve (an image counts as robust at eps when no adversarial was found within eps).
+- `decision`: queries the predicted label only and *minimises* the perturbation (boundary, hsja).
+
+Apart from its family, an attack is *minimal* when it searches for each image's smallest breaking perturbation
+instead of attacking at one budget: the decision attacks, and the white-box `fmn` (minimal.py), which takes a
+gradient source. One run gives the whole eps curve (an image counts as robust at eps when no adversarial was found
+within eps) and each image's radius.
 
 Every attack measures its budget in one norm: L-inf for all but Boundary, which minimises L2 (its eps grid is then
 an L2 grid: distances in [0, 1] pixel space over the whole image, e.g. [0, 0.5, 1, 2] for 3x32x32). Tables and
@@ -38,7 +42,7 @@ NORMS = ("linf", "l2")
 # iterations, queries, restarts: far beyond any published setting, short of running for years
 Steps = Annotated[int, Field(ge=0, le=10**7)]
 
-# craft(x, y) -> x_adv in [0, 1]; decision attacks return (x_adv, found) with found a bool per image
+# craft(x, y) -> x_adv in [0, 1]; minimal attacks return (x_adv, found) with found a bool per image
 Craft = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -57,7 +61,7 @@ class AttackSpec:
     name: str
     family: str
     tasks: tuple[str, ...]  # task kinds it applies to
-    # (crafting model, eps (None for decision attacks), params, context) -> craft
+    # (crafting model, eps (None for minimal attacks), params, context) -> craft
     builder: Callable[[torch.nn.Module, float | None, Section, AttackContext], Craft]
     # the attack's own parameters, each with its default, range and a docstring (what a DAG's `params` takes)
     params: type[Section] = Section
@@ -66,6 +70,8 @@ class AttackSpec:
     """The norm its budgets are measured in; an attack whose params have a `constraint` takes that one (HSJA)."""
     single_step: bool = False
     """One gradient step (FGSM): the verdicts ask whether it beats the iterative attacks, a sign of obfuscation."""
+    minimal: bool = field(default=False, kw_only=True)
+    """Minimum-norm: run once (craft(x, y) -> (x_adv, found)), read every eps point off the perturbation sizes."""
     cost: Callable[[Section], float] = field(kw_only=True)
     """Forward-equivalent image passes (`workloads.names.Passes`) one image costs at one budget with these
     parameters; for a minimal-perturbation attack, its whole run. What `harness plan` counts."""
@@ -75,6 +81,8 @@ class AttackSpec:
             raise ValueError(f"attack {self.name!r}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
         if self.norm not in NORMS:
             raise ValueError(f"attack {self.name!r}: norm {self.norm!r} is not one of {', '.join(NORMS)}")
+        if self.family == "decision" and not self.minimal:
+            raise ValueError(f"attack {self.name!r}: a decision attack minimises its perturbation (minimal=True)")
 
     def norm_of(self, params: dict | Section | None = None) -> str:
         """The norm of its budgets with these parameters."""
@@ -92,7 +100,7 @@ class AttackSpec:
 
     def build(self, model: torch.nn.Module, eps: float | None, params: dict | Section | None,
               ctx: AttackContext) -> Craft:
-        """The craft function against `model` at budget `eps` (None for a decision attack)."""
+        """The craft function against `model` at budget `eps` (None for a minimal attack)."""
         return self.builder(model, eps, self.parse(params), ctx)
 
     def check(self, task_kind: str | None, source: str | None, eps_grid: list[float],
@@ -125,11 +133,6 @@ class AttackSpec:
     @property
     def needs_gradient_source(self) -> bool:
         return self.family in ("gradient", "hashing")
-
-    @property
-    def minimal(self) -> bool:
-        """Minimum-norm attack: run once, read every eps point off the perturbation sizes."""
-        return self.family == "decision"
 
 
 def check_eps(eps_grid: list[float], norm: str = "linf") -> list[float]:
@@ -169,6 +172,25 @@ def gradient_cost(steps: int, restarts: int = 1) -> float:
     """Passes per image of an iterative white-box attack: a forward and an input gradient per step, and the final
     scoring forward."""
     return steps * restarts * Passes.GRAD + Passes.FORWARD
+
+
+def restarted(craft: Craft, model: torch.nn.Module, restarts: int) -> Craft:
+    """`craft` run up to `restarts` times, each time on the images the runs before left correctly classified (by the
+    crafting model): fresh random starts find what one start misses, at the cost of the survivors only."""
+    if restarts <= 1:
+        return craft
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        best = craft(x, y)
+        for _ in range(restarts - 1):
+            with torch.no_grad():
+                todo = (model(best).argmax(1) == y).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            best[todo] = craft(x[todo], y[todo])
+        return best
+
+    return run
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -5,6 +5,8 @@ smallest adversarial found per image; the caller turns that into an eps curve. T
 - attacks only images the model classifies correctly (the others are not robust at any eps);
 - runs foolbox's own starting-point search first and attacks only the images it found a start for: foolbox raises
   for the whole batch when one image has no start, and such an image is robust as far as this attack can tell;
+- counts the start search's queries apart from the attack's own, per image it attacked: Boundary stops once every
+  image's steps have shrunk, so how much of its budget it spent on a model is worth comparing with the baseline's;
 - never differentiates the model: inputs carry no grad and the forward runs under `torch.no_grad`.
 """
 
@@ -35,7 +37,15 @@ class _LabelsOnly(torch.nn.Module):
 
 
 def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackContext):
-    fmodel = fb.PyTorchModel(_LabelsOnly(model).eval(), bounds=(0.0, 1.0))
+    """The craft function; its `spent` counts the queries of the start search apart from the attack's own, and the
+    images the attack itself ran on (`model` is the caller's query counter)."""
+    spent = {"start": 0, "own": 0, "attacked": 0}
+
+    def queries() -> int:
+        return getattr(model, "images", 0)
+
+    # foolbox otherwise moves the model to cuda:0 whenever a GPU exists, wherever the caller put it
+    fmodel = fb.PyTorchModel(_LabelsOnly(model).eval(), bounds=(0.0, 1.0), device=next(model.parameters()).device)
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -45,6 +55,7 @@ def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackCo
             return x_adv, found
         torch.manual_seed(ctx.seed)  # foolbox draws its noise from torch's global generator
         xs, ys = x[todo], y[todo]
+        before = queries()
         criterion = fb.criteria.Misclassification(ys)
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=params.init_steps)
         with warnings.catch_warnings():  # "failed to draw sufficient random inputs": handled just below
@@ -55,10 +66,14 @@ def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackCo
             if not has_start.all():
                 starts, has_start = _other_class_starts(model, x, xs, ys, starts, has_start)
         idx = has_start.nonzero().flatten()
+        spent["start"] += queries() - before
         if len(idx) == 0:
             return x_adv, found
+        before = queries()
         advs = make_attack(params).run(fmodel, xs[idx], fb.criteria.Misclassification(ys[idx]),
                                        starting_points=starts[idx])
+        spent["own"] += queries() - before
+        spent["attacked"] += len(idx)
         with torch.no_grad():
             ok = model(advs).argmax(1) != ys[idx]
         rows = todo[idx]
@@ -66,6 +81,7 @@ def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackCo
         found[rows] = ok
         return x_adv, found
 
+    craft.spent = spent
     return craft
 
 
@@ -125,7 +141,7 @@ def _hsja(model, eps, params: HSJAParams, ctx: AttackContext):
 # estimate, which later ones grow from): an upper-bound-ish guess, since both stop early on easy images
 register_attack(AttackSpec("boundary", "decision", ("classification",), _boundary, BoundaryParams,
                            "Boundary attack (Brendel et al. 2018), L2 minimal perturbation, label queries only",
-                           norm="l2", cost=lambda p: p.steps * 2 * Passes.FORWARD))
+                           norm="l2", minimal=True, cost=lambda p: p.steps * 2 * Passes.FORWARD))
 register_attack(AttackSpec("hsja", "decision", ("classification",), _hsja, HSJAParams,
                            "HopSkipJump (Chen et al. 2020), L-inf minimal perturbation, label queries only",
-                           cost=lambda p: p.steps * p.initial_gradient_eval_steps * Passes.FORWARD))
+                           minimal=True, cost=lambda p: p.steps * p.initial_gradient_eval_steps * Passes.FORWARD))

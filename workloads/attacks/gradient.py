@@ -10,7 +10,7 @@ from typing import Literal
 
 import torchattacks
 
-from workloads.attacks.base import AttackContext, AttackSpec, Steps, gradient_cost
+from workloads.attacks.base import AttackContext, AttackSpec, Steps, gradient_cost, restarted
 from workloads.attacks.registry import register_attack
 from workloads.settings import Section
 
@@ -22,6 +22,8 @@ def _fgsm(model, eps: float, params: Section, ctx: AttackContext):
 class PGDParams(Section):
     steps: Steps = 5
     """Iterations (the paper's headline setting: 5; a strong evaluation uses 50 or more)."""
+    restarts: Steps = 1
+    """Runs from fresh random starts, each on the images the runs before left unbroken."""
     alpha_factor: float = 2.5
     """Step size as a multiple of eps / steps (2.5: Madry et al.'s convention)."""
     random_start: bool = True
@@ -30,21 +32,33 @@ class PGDParams(Section):
 
 def _pgd(model, eps: float, params: PGDParams, ctx: AttackContext):
     alpha = params.alpha_factor * eps / max(params.steps, 1)
-    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=params.steps, random_start=params.random_start)
+    pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=params.steps, random_start=params.random_start)
+    return restarted(pgd, model, params.restarts)
 
 
-class APGDParams(Section):
+class APGDRun(Section):
     steps: Steps = 100
     """Iterations."""
     restarts: Steps = 1
     """Random restarts; an image counts as broken if any restart breaks it."""
+
+
+class APGDParams(APGDRun):
     loss: Literal["ce", "dlr"] = "ce"
     """Cross-entropy, or the difference-of-logits ratio (scale-invariant; does not saturate)."""
 
 
+def _apgd_with(loss: str, model, eps: float, params: APGDRun, ctx: AttackContext):
+    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=params.steps, n_restarts=params.restarts, loss=loss,
+                             seed=ctx.seed)
+
+
 def _apgd(model, eps: float, params: APGDParams, ctx: AttackContext):
-    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=params.steps, n_restarts=params.restarts,
-                             loss=params.loss, seed=ctx.seed)
+    return _apgd_with(params.loss, model, eps, params, ctx)
+
+
+def _apgd_dlr(model, eps: float, params: APGDRun, ctx: AttackContext):
+    return _apgd_with("dlr", model, eps, params, ctx)
 
 
 class AutoAttackParams(Section):
@@ -60,9 +74,14 @@ def _autoattack(model, eps: float, params: AutoAttackParams, ctx: AttackContext)
 register_attack(AttackSpec("fgsm", "gradient", ("classification",), _fgsm, description="fast gradient sign, one step",
                            single_step=True, cost=lambda p: gradient_cost(1)))
 register_attack(AttackSpec("pgd", "gradient", ("classification",), _pgd, PGDParams,
-                           "projected gradient descent, L-inf, random start", cost=lambda p: gradient_cost(p.steps)))
+                           "projected gradient descent, L-inf, random start",
+                           cost=lambda p: gradient_cost(p.steps, p.restarts)))
 register_attack(AttackSpec("apgd", "gradient", ("classification",), _apgd, APGDParams,
                            "auto-PGD (Croce & Hein 2020), step size adapted, no tuning",
+                           cost=lambda p: gradient_cost(p.steps, p.restarts)))
+# AutoAttack's first two attacks side by side in one grid: APGD-DLR is a name of its own, so its rows never mix
+register_attack(AttackSpec("apgd-dlr", "gradient", ("classification",), _apgd_dlr, APGDRun,
+                           "auto-PGD with the difference-of-logits-ratio loss (AutoAttack's APGD-DLR)",
                            cost=lambda p: gradient_cost(p.steps, p.restarts)))
 # AutoAttack stops each of its attacks on the images already broken: about 100 gradient steps is its usual bill
 register_attack(AttackSpec("autoattack", "gradient", ("classification",), _autoattack, AutoAttackParams,

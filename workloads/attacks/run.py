@@ -5,9 +5,10 @@ Rows, one per eps point (an L-inf budget, or for an L2 attack such as Boundary a
   the perturbation), queries (forward passes per image the attack spent);
 - hashing: map, clean_map, success_rate (share of queries whose AP fell below half its clean AP), hamming (mean
   share of code bits flipped), linf, l2, queries.
-Decision attacks (minimal perturbations) run once; at each eps an image counts as fooled when the attack found an
-adversarial with L-inf <= eps; their linf / l2 are the means over the images fooled at that eps, and every row also
-carries the median minimal L2 / L-inf over the images where one was found.
+Minimal attacks (decision attacks, fmn) run once; at each eps an image counts as fooled when the attack found an
+adversarial, which the target misclassifies, with L-inf <= eps; their linf / l2 are the means over the images fooled
+at that eps, and every row also carries the median minimal L2 / L-inf over the images where one was found; a decision
+attack's rows carry its start search's queries per image apart from its own queries per image it attacked.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_attack(target, spec: AttackSpec, source: str | None, eps_grid: list[floa
     scorer = _HashScorer(target, crafting.model, database, ctx) if task.kind == "hashing" else _ClassScorer(target)
     clean = [scorer.clean(x, y) for x, y in batches]
     if spec.minimal:
-        return _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
+        return _minimal_rows(spec, source, crafting, params, ctx, batches, (clean, scorer, exact), eps_grid, on_row)
     rows: dict[int, dict] = {}
     tables, nested = [], None
     for i in sorted(range(len(eps_grid)), key=lambda j: eps_grid[j]):
@@ -142,15 +143,21 @@ def _table(eps: float, norm: str, outcome: dict[str, torch.Tensor], sizes: dict,
                          "invalid": invalid.numpy()})
 
 
-def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row) -> tuple[list[dict], pl.DataFrame]:
+def _minimal_rows(spec, source, crafting, params, ctx, batches, scoring, eps_grid, on_row) -> tuple[
+        list[dict], pl.DataFrame]:
+    clean, scorer, exact = scoring
     craft = spec.build(crafting, None, params, ctx)
     torch.manual_seed(ctx.seed)
     crafting.images = 0
     linf, l2, found, ok, outside = [], [], [], [], []
     for (x, y), before in zip(batches, clean, strict=True):
-        x_adv, hit = craft(x, y)
+        with exact():
+            x_adv, hit = craft(x, y)
+        x_adv = x_adv.detach()
+        # the re-check: inside [0, 1], and misclassified by the target itself (a transfer attack crafts elsewhere)
+        hit = hit & ~scorer.outcome(y, x_adv, before)["correct"]
         delta = (x_adv - x).flatten(1)
-        inside = _inside(x_adv)  # the re-check
+        inside = _inside(x_adv)
         linf.append(delta.abs().amax(1))
         l2.append(delta.norm(dim=1))
         found.append(hit & before & inside)
@@ -161,6 +168,10 @@ def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
     medians = {M.MEDIAN_LINF: statistics.median(linf[found].tolist()) if found.any() else float("nan"),
                M.MEDIAN_L2: statistics.median(l2[found].tolist()) if found.any() else float("nan"),
                M.FOUND: float(found.sum()) / max(int(ok.sum()), 1)}
+    spent = getattr(craft, "spent", None)  # a decision attack's start search, apart from its own queries
+    if spent is not None:
+        medians.update({M.START_QUERIES: spent["start"] / n,
+                        M.OWN_QUERIES: spent["own"] / spent["attacked"] if spent["attacked"] else float("nan")})
     rows, tables = [], []
     nan = torch.full_like(linf, float("nan"))
     sizes = {M.LINF: torch.where(found, linf, nan), M.L2: torch.where(found, l2, nan)}  # the minimal sizes found
@@ -169,14 +180,16 @@ def _minimal_rows(spec, crafting, params, ctx, batches, clean, eps_grid, on_row)
     for eps in eps_grid:
         fooled = found & (size <= eps)  # nested by construction: a minimal perturbation fits every larger eps
         k = int(fooled.sum())
-        rows.append({"attack": spec.name, "source": None, "eps": eps, "norm": norm,
+        rows.append({"attack": spec.name, "source": source, "eps": eps, "norm": norm,
                      M.ROBUST_ACC: float((ok & ~fooled).sum()) / n, M.CLEAN_ACC: float(ok.sum()) / n,
                      M.SUCCESS_RATE: k / max(int(ok.sum()), 1),
                      M.LINF: float(linf[fooled].sum()) / k if k else 0.0,
                      M.L2: float(l2[fooled].sum()) / k if k else 0.0,
                      M.QUERIES: crafting.images / n, M.N: n, "invalid": int(outside.sum()), **medians})
-        tables.append(_table(eps, norm, {"clean": ok, "robust": ok & ~fooled, "robust_raw": ok & ~fooled}, sizes,
-                             outside))
+        table = _table(eps, norm, {"clean": ok, "robust": ok & ~fooled, "robust_raw": ok & ~fooled}, sizes, outside)
+        if M.OWN_QUERIES in medians:
+            table = table.with_columns(pl.lit(medians[M.OWN_QUERIES], dtype=pl.Float64).alias(M.OWN_QUERIES))
+        tables.append(table)
         if on_row is not None:
             on_row(rows[-1])
     return rows, pl.concat(tables).sort("eps", "image")

@@ -3,7 +3,8 @@
     result = attack_checkpoint("runs/ft-frsf.pt", "pgd", "exact", [0, .05, .1], {"n": 500},
                                sibling="runs/ft-bp.pt")
 
-The images are the first n of the target test split, in shard order, the same for every model. The result's
+The images are n of the target test split, the same for every model: the first n in shard order, or (`sample:
+random`) n drawn without replacement from the whole split with a fixed seed. The result's
 `outcomes` is the per-image table (polars; `run_attack` says what it holds): `write_outcomes` stores it next to
 the result as parquet, the rest of the result is plain JSON.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
 from pydantic import Field, SerializeAsAny, WithJsonSchema, model_validator
@@ -31,9 +32,20 @@ from workloads.settings import validate as validate_settings
 
 class AttackSample(Section):
     n: Count = 500
-    """Test images attacked: the first n of the target test split, the same for every model."""
+    """Test images attacked, the same for every model (`sample` says which)."""
     batch_size: Count = 250
     """Images per batch the attack crafts at once."""
+    sample: Literal["first", "random"] = "first"
+    """Which n: the first of the target test split in shard order, or drawn at random from all of it (seeded by
+    `sample_seed`, never by the model's seed, so every model sees the same ones): a sample of the whole split, where
+    the first n can sit far from it (a retrieval split's first queries, say)."""
+    sample_seed: Annotated[int, Field(ge=0)] = 0
+    """The seed of a random sample."""
+
+    def keyed(self) -> dict:
+        """How it picks its images, for a node's key: nothing where it takes the first n (keys made before the
+        setting existed stay valid)."""
+        return {} if self.sample == "first" else {"sample": self.sample, "sample_seed": self.sample_seed}
 
 
 class AttackConfig(AttackSample):
@@ -56,8 +68,8 @@ class AttackConfig(AttackSample):
     diagnostics: bool = True
     """Also measure the cosine between the rule's and the exact input gradient on the first batch."""
     images: list[Annotated[int, Field(ge=0)]] | None = None
-    """Attack only these test images (positions in the test split, as in the outcome table's `image`); null: the
-    first n. The convergence re-run uses it for the images every other attack left robust."""
+    """Attack only these test images (positions in the test split, as in the outcome table's `image`); null: n of
+    them as `sample` says. The convergence re-run uses it for the images every other attack left robust."""
 
     @model_validator(mode="before")
     @classmethod
@@ -138,10 +150,15 @@ def run_config(cfg: AttackConfig, checkpoint: str | Path, sibling: str | Path | 
     tc = target.config
     seed = tc.seed if cfg.seed is None else cfg.seed
     _, test_split, db_split = split_names(load_manifest(tc.data.root))
-    n = cfg.n if cfg.images is None else max(cfg.images, default=-1) + 1
-    batches = list(make_reader(tc, test_split, tc.data.target_classes, n, False, cfg.batch_size, seed))
-    if cfg.images is not None:
-        batches = _select(batches, cfg.images, cfg.batch_size)
+    images = cfg.images
+    if images is None and cfg.sample == "random":
+        batches = list(make_reader(tc, test_split, tc.data.target_classes, None, False, cfg.batch_size, seed))
+        images = _drawn(sum(len(y) for _, y in batches), cfg)
+    else:
+        n = cfg.n if images is None else max(images, default=-1) + 1
+        batches = list(make_reader(tc, test_split, tc.data.target_classes, n, False, cfg.batch_size, seed))
+    if images is not None:
+        batches = _select(batches, images, cfg.batch_size)
     database = None
     if target.task.kind == "hashing":
         limit = cfg.db_limit if cfg.db_limit is not None else tc.data.db_limit
@@ -150,13 +167,23 @@ def run_config(cfg: AttackConfig, checkpoint: str | Path, sibling: str | Path | 
     rows, outcomes = run_attack(target, spec, cfg.source, cfg.eps, cfg.params, batches, sibling=twin, seed=seed,
                                  database=database, on_row=on_row)
     seconds = time.perf_counter() - t0
-    if cfg.images is not None:  # the table's `image` is the position in what was attacked: back to the split's
-        outcomes = outcomes.with_columns(pl.col("image").replace_strict(dict(enumerate(cfg.images)),
+    if images is not None:  # the table's `image` is the position in what was attacked: back to the split's
+        outcomes = outcomes.with_columns(pl.col("image").replace_strict(dict(enumerate(images)),
                                                                         return_dtype=pl.Int32)).sort("eps", "image")
     diagnostics = gradient_cosine(target, batches[:1]) if cfg.diagnostics and target.handle is not None else {}
     return {"checkpoint": str(checkpoint), "rule": target.checkpoint["rule"], "attack": cfg.attack,
             "source": cfg.source, "metric": target.task.attack_metric, "rows": rows, "diagnostics": diagnostics,
             "seconds": seconds, "seed": seed, "outcomes": outcomes}
+
+
+def _drawn(size: int, cfg: AttackSample) -> list[int]:
+    """`cfg.n` of a split's `size` positions, drawn without replacement with `cfg.sample_seed`, in order."""
+    import numpy as np
+
+    if cfg.n > size:
+        raise ConfigError(f"n: {cfg.n} images asked for, and the test split has {size} of the target classes; "
+                          "lower n")
+    return sorted(int(i) for i in np.random.default_rng(cfg.sample_seed).choice(size, cfg.n, replace=False))
 
 
 def _select(batches: list, images: list[int], batch_size: int) -> list:
