@@ -183,3 +183,37 @@ def test_the_seed_interval_covers_a_mean_over_seeds_and_images_by_simulation():
         r = stats.read_seeds(seeds, None, {})
         covered += r.lo <= 0.4 <= r.hi
     assert covered / 300 >= 0.88, covered
+
+
+def test_censored_pairs_carry_a_sign_only_where_one_side_is_observed():
+    inf = math.inf
+    mine = np.array([inf, inf, 0.03, 0.01, 0.0, 0.02])
+    theirs = np.array([inf, 0.05, inf, 0.02, 0.0, 0.02])
+    larger, smaller, p = stats.sign_test(mine, theirs)
+    assert (larger, smaller) == (1, 2)  # both censored and the equal pairs are ties
+    assert p == pytest.approx(1.0)
+    larger, smaller, p = stats.sign_test(np.full(30, inf), np.full(30, 0.01))
+    assert (larger, smaller) == (30, 0) and p == pytest.approx(2 * 0.5 ** 30)
+
+
+def test_the_median_radius_interval_is_exact_order_statistics_and_open_where_censored():
+    values = np.arange(1, 101) / 1000
+    median, lo, hi = stats.median_interval(values)
+    # ranks 40 and 61 of 100: P(40 <= K <= 60) = 96.5% for K ~ Binomial(100, 1/2), the shortest such pair
+    assert median == 0.050 and lo == 0.040 and hi == 0.061
+    assert sps.binom.cdf(60, 100, 0.5) - sps.binom.cdf(39, 100, 0.5) >= 0.95
+    censored = np.concatenate([np.arange(1, 46) / 1000, np.full(55, math.inf)])
+    median, lo, hi = stats.median_interval(censored)
+    assert math.isinf(median) and math.isinf(hi) and lo == 0.040
+
+
+def test_the_median_radius_interval_covers_the_true_median_of_a_censored_distribution():
+    rng = np.random.default_rng(3)
+    bound, true_median = 0.1, -math.log(0.5) / 20  # exponential radii, rate 20: median 0.0347
+    covered = 0
+    for _ in range(400):
+        radii = rng.exponential(1 / 20, 200)
+        radii[radii > bound] = math.inf
+        _, lo, hi = stats.median_interval(radii)
+        covered += lo <= true_median <= hi
+    assert 0.93 <= covered / 400 <= 0.995

@@ -420,7 +420,7 @@ def test_the_report_decides_classification_and_retrieval_cells_side_by_side():
     assert by_task["classification"]["worst"] == 0.0 and by_task["classification"]["n"] == 200
     assert [line.split(")")[0] for line in lines] == ["**frsf** (d/b/classification, seed 0, eps 0.1",
                                                       "**frsf** (d/b/hashing, seed 0, eps 0.1"]
-    assert len(checks) == 2 * 11  # every check of both cells, with its numbers
+    assert len(checks) == 2 * 12  # every check of both cells, with its numbers
 
 
 def test_settings_logged_before_retrieval_verdicts_read_as_they_were_meant():
@@ -544,7 +544,8 @@ def test_a_cells_line_and_every_checks_numbers_read_exactly_so():
         ("transfer or black-box stronger", True, "sign",  # the smaller of two p-values, times two (Bonferroni)
          "pgd/transfer 2.0% vs every rule-gradient attack 55.0% (p=2.47e-32)"),
         ("single step stronger than iterative", False, "sign", "fgsm 60.0% vs pgd 55.0%, rule gradient (p=1)"),
-        ("attack raised AP above clean", None, "sign", "classification outcomes have no AP")]
+        ("attack raised AP above clean", None, "sign", "classification outcomes have no AP"),
+        ("decision attack stopped early", None, "sign", "no decision attack ran on both this model and bp")]
     assert (cell.clean.k, cell.clean.n, cell.own.k, cell.bp_worst.k) == (180, 200, 110, 0)
 
 
@@ -572,7 +573,8 @@ def test_a_retrieval_cells_line_and_checks_read_in_map():
         ("transfer or black-box stronger", True, "hag/transfer 0.350 vs every rule-gradient attack 0.700 "
                                                  "(p=7.89e-31)"),
         ("single step stronger than iterative", None, "no single-step and iterative rule attacks"),
-        ("attack raised AP above clean", False, "no attack raised a query's AP above its clean AP")]
+        ("attack raised AP above clean", False, "no attack raised a query's AP above its clean AP"),
+        ("decision attack stopped early", None, "no decision attack ran on both this model and bp")]
 
 
 def test_an_answer_about_the_rule_needs_three_seeds_and_reads_seeds_and_images_together():
@@ -681,7 +683,8 @@ def test_the_verdict_table_row_holds_both_answers_and_how_the_budget_was_chosen(
         "bp gradients agree": "pass", "exact gradient not weaker": "pass", "accuracy falls with eps": "pass",
         "attacks break bp": "pass", "equal evidence": "pass", "attack converged": "n/a", "bp attack converged": "n/a",
         "rule gradient above exact": "yes", "transfer or black-box stronger": "n/a",
-        "single step stronger than iterative": "n/a", "attack raised AP above clean": "n/a"}
+        "single step stronger than iterative": "n/a", "attack raised AP above clean": "n/a",
+        "decision attack stopped early": "n/a"}
     assert 0.39 < d.lo < 0.5 < d.hi < 0.6 and 0 < cell.adjusted["robustness"] < 1e-6
     failed = verdict_of({("pgd", "rule"): {0: 1.0, 0.1: 0.1}, ("pgd", "exact"): {0: 1.0, 0.1: 0.6}}, BP)
     assert _row(failed)["exact gradient not weaker"] == "FAIL" and _row(failed)["robustness"] == INVALID
@@ -704,3 +707,22 @@ def test_the_primary_budget_of_each_panel_comes_from_its_primary_node_unless_the
     fixed = primary_budgets(runs, VerdictSettings(primary={"hashing": 0.1}))
     assert fixed[("d", "b", "hashing", "0")] == (0.1, "verdicts.primary") and len(fixed) == 3
     assert primary_budgets(runs.drop("metrics.primary_eps"), VerdictSettings()) == {}  # a run from before budgets
+
+
+def test_a_decision_attack_that_stops_early_on_the_model_and_not_on_bp_is_flagged():
+    from harness.analysis.checks import sign_stopped_early
+
+    def spent(rule: str, own: dict[str, float]) -> pl.DataFrame:
+        return pl.concat([table(rule, {(a, "none"): {0: 1.0, 0.1: 0.5}}).with_columns(
+            pl.lit(q, dtype=pl.Float64).alias("own_queries")) for a, q in own.items()])
+
+    bp = spent("bp", {"boundary": 1000.0, "hsja": 900.0})
+    early = sign_stopped_early(spent("frsf", {"boundary": 300.0, "hsja": 880.0}), bp)
+    assert early.passed is True and early.purpose == "sign"
+    assert early.detail.startswith("boundary spent 300 queries per image it attacked, bp 1000: stopped early")
+    assert "hsja" not in early.detail
+    level = sign_stopped_early(spent("frsf", {"boundary": 950.0, "hsja": 880.0}), bp)
+    assert level.passed is False and "hsja spent 880" in level.detail
+    cell = verdict_of({("pgd", "exact"): {0: 1.0, 0.1: 0.3}}, {("pgd", "exact"): {0: 1.0, 0.1: 0.3}})
+    assert next(c for c in cell.checks if c.name == "decision attack stopped early").passed is None
+

@@ -9,7 +9,8 @@ function that returns whether it passed and the numbers it decided on; the repor
 - strength: each black-box attack takes the baseline low enough for its failures elsewhere to mean something;
 - signs of gradient obfuscation (Athalye et al. 2018): the rule's gradient above the exact one, a transfer or
   black-box attack stronger than every rule-gradient one, one step stronger than many, a retrieval attack that
-  raised a query's AP above its clean AP (a failed attack: its gradient pointed away).
+  raised a query's AP above its clean AP (a failed attack: its gradient pointed away), a decision attack that
+  stopped early on the model and not on the baseline (its failures there are weaker evidence).
 
 A check that takes the smallest p-value over several algorithms (or budgets) corrects it for that (Bonferroni).
 """
@@ -282,3 +283,29 @@ def sign_attack_raised_ap(outcomes: pl.DataFrame) -> Check:
     return Check(name, True, "; ".join(
         f"{r['attack']}/{r['source']} raised {r['k']} APs of {r['n']} queries above clean (at eps "
         f"{', '.join(f'{e:g}' for e in r['at'])}): a failed attack" for r in raised.iter_rows(named=True)), SIGN)
+
+
+def sign_stopped_early(mine: pl.DataFrame, bps: pl.DataFrame, baseline: str = "bp", below: float = 0.5) -> Check:
+    """A decision attack that spent less than `below` of the baseline's own queries per image it attacked (its start
+    search apart) stopped early on this model: Boundary ends once every image's steps have shrunk, so what it
+    failed to break there rests on less search than on the baseline. Flagged per attack."""
+    name = "decision attack stopped early"
+
+    def spent(outcomes: pl.DataFrame) -> pl.DataFrame:
+        if "own_queries" not in outcomes.columns:
+            return pl.DataFrame(schema={"attack": pl.String, "own_queries": pl.Float64})
+        return (outcomes.filter(pl.col("own_queries").is_not_null() & pl.col("own_queries").is_not_nan())
+                .group_by("attack").agg(pl.col("own_queries").first()))
+
+    both = spent(mine).join(spent(bps), on="attack", suffix="_bp").sort("attack")
+    if both.is_empty():
+        return Check(name, None, f"no decision attack ran on both this model and {baseline}", SIGN)
+    early = both.filter(pl.col("own_queries") < below * pl.col("own_queries_bp"))
+    shown = early if not early.is_empty() else both
+    detail = "; ".join(f"{r['attack']} spent {r['own_queries']:.0f} queries per image it attacked, {baseline} "
+                       f"{r['own_queries_bp']:.0f}" for r in shown.iter_rows(named=True))
+    if early.is_empty():
+        return Check(name, False, detail, SIGN)
+    return Check(name, True, f"{detail}: stopped early here and not on {baseline}; its failures here say less",
+                 SIGN)
+

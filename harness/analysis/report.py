@@ -17,6 +17,7 @@ import polars as pl
 import rules
 from harness.analysis.curves import curve_figure, worst_case_curve
 from harness.analysis.outcomes import MODEL, retrieval_worst_case
+from harness.analysis.radii import median_text, radii_markdown_frame, radii_table
 from harness.analysis.runs import load_outcomes, load_rows, load_runs, logged_settings
 from harness.analysis.verdicts import primary_budgets, verdict_report
 from harness.config.plugins import load_plugins
@@ -64,7 +65,11 @@ def attack_notes(runs: pl.DataFrame) -> list[str]:
                     changed.setdefault(key, set()).add(str(value))
         if changed:
             text = ", ".join(f"{k} {'/'.join(sorted(v))} (default {defaults[k]})" for k, v in sorted(changed.items()))
-            notes.append(f"{name} ran with reduced or changed settings: {text}.")
+            below = any(isinstance(defaults[k], int | float) and not isinstance(defaults[k], bool)
+                        and float(v) < defaults[k] for k, values in changed.items() for v in values)
+            limited = " Its black-box evidence is budget-limited: what it did not break, a larger budget may." \
+                if below and get_attack(name).family in ("score", "decision") else ""
+            notes.append(f"{name} ran with reduced or changed settings: {text}.{limited}")
     for rule in rule_order(atk["rule"].unique().to_list() if len(atk) else []):
         if rule in rules.available_rules() and rules.get_rule(rule).random_per_pass:
             notes.append(f"{rule} redraws its feedback magnitudes at every backward pass, attacks included "
@@ -94,6 +99,38 @@ def _retrieval(outcomes: pl.DataFrame, primary: dict[str, float], runs: pl.DataF
                      .sort(["dataset", "backbone", "task", "seed", pl.col("rule").replace_strict(order)]))
 
 
+def _answer(row: dict, state: str, column: str, scale: float, fmt: str) -> str:
+    """An answer with its estimate and 90% interval, e.g. "less robust than bp: -20.0 [-29.1, -11.0]"."""
+    if row[column] is None:
+        return row[state]
+    value, lo, hi = (format(scale * row[f"{column}{s}"], "+" + fmt) for s in ("", "_lo", "_hi"))
+    return f"{row[state]}: {value} [{lo}, {hi}]"
+
+
+def _summary(verdicts: pl.DataFrame, radii: pl.DataFrame, curve: pl.DataFrame, baseline: str) -> pl.DataFrame:
+    """The README's first table: per model, its two answers with their 90% intervals (points for an accuracy, mAP
+    units for retrieval), its median radius with its 95% interval, and its curve."""
+    if verdicts.is_empty():
+        return pl.DataFrame()
+
+    def of(table: pl.DataFrame, key: dict) -> pl.DataFrame:
+        return table.filter(pl.all_horizontal(pl.col(k) == str(v) for k, v in key.items())) if table.height else table
+
+    rows = []
+    for v in verdicts.iter_rows(named=True):
+        key = {k: v[k] for k in MODEL}
+        scale, fmt = (100, ".1f") if kind_of(v["task"]) == "classification" else (1, ".3f")
+        r = next(of(radii, key).iter_rows(named=True), None)
+        radius = "n/a" if r is None else median_text(r)
+        line = of(curve, key).sort("eps") if curve.height else pl.DataFrame({"eps": [], "worst": []})
+        points = ", ".join(f"{e:g}: {format(scale * w, fmt)}" for e, w in zip(line["eps"], line["worst"], strict=True))
+        rows.append({**key, "eps": v["primary"], f"against {baseline}": _answer(v, "robustness", "difference", scale,
+                                                                                fmt),
+                     "gradient honesty": _answer(v, "gradient", "gradient_overstatement", scale, fmt),
+                     "median radius": radius, "curve (eps: worst case)": points})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
 def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes: list[str] | None = None) -> dict:
     runs = load_runs(tracking_uri, experiment)
     out = Path(out_dir)
@@ -108,12 +145,19 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     lines, verdict_table, checks = verdict_report(runs, list(outcomes.values()), settings, baseline)
     curves = [c for c in (worst_case_curve(o) for o in outcomes.values()) if not c.is_empty()]
     curve = pl.concat(curves, how="diagonal") if curves else pl.DataFrame()
+    radii = radii_table(outcomes["classification"], curve, baseline)
+    checks += [f"{r['rule']} ({r['dataset']}/{r['backbone']}/{r['task']}, seed {r['seed']}): its radii and its curve "
+               f"point different ways against {baseline} (radii larger on {r['larger']} images, smaller on "
+               f"{r['smaller']}); read both" for r in radii.iter_rows(named=True) if r.get("curve_agrees") == "no"]
     chosen = primary_budgets(runs, settings)
     primary = {task: eps for (_, _, task, _), (eps, _) in sorted(chosen.items(), key=str)}
     budgets = "; ".join(sorted({f"{task} eps {eps:g} ({how})" for (_, _, task, _), (eps, how) in chosen.items()}))
     retrieval_eps, retrieval = _retrieval(outcomes["hashing"],
                                           {t: e for t, e in primary.items() if kind_of(t) == "hashing"}, runs)
     tables = {
+        "summary": (f"Per model: the answer against {baseline}, the gradient-honesty answer, the median robustness "
+                    "radius and the robustness curve (the worst case at each budget)",
+                    _summary(verdict_table, radii, curve, baseline)),
         "verdicts": (f"Answers at the primary budget ({budgets}; margin {settings.delta:g}): "
                      f"robustness against {baseline} and gradient honesty, each with its 90% interval and "
                      "Holm-adjusted p-value; clean and worst-case accuracy with Wilson 95% intervals (hashing: mAP "
@@ -121,6 +165,10 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
         "worst_case_curve": ("The robustness curve: per model, the per-image worst case over every attack at each "
                              "L-inf budget of the grid, on the images every model of its panel saw, with 95% "
                              "intervals", curve),
+        "radii": (f"Robustness radii: per model, each image's smallest breaking L-inf distance over every attack "
+                  "(0 where it is wrong clean; above the largest budget: censored), the median with its "
+                  f"order-statistic 95% interval, and against {baseline} on the same images the sign test "
+                  "(Holm-adjusted) and whether its direction agrees with the curve's", radii),
         "hashing_worst": (f"Retrieval worst case at eps {retrieval_eps}: the mAP of each query's lowest AP over "
                           "every hashing attack and source, with BCa bootstrap 95% intervals over the attacked "
                           "queries; the clean mAP of the whole query split beside theirs", retrieval),
@@ -136,17 +184,18 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     notes = [*attack_notes(runs), *notes]
     md = [f"# {experiment}", "", "Written by `harness report` from MLflow. Answers and worst cases are per model "
           "(per seed); the tables after them are means over seeds.", ""]
-    if lines:
-        md += ["## Answers: robustness against the baseline, and gradient honesty", "",
-               *[f"- {ln}" for ln in lines], ""]
     for name, (title, df) in tables.items():
         if df.is_empty():
             continue
         df.write_csv(out / f"{name}.csv")
-        (out / f"{name}.md").write_text(markdown(df) + "\n")
-        md += [f"## {title}", "", markdown(df), ""]
+        shown = radii_markdown_frame(df) if name == "radii" else df  # censored radii read "> bound"
+        (out / f"{name}.md").write_text(markdown(shown) + "\n")
+        md += [f"## {title}", "", markdown(shown), ""]
         if name in figures:
             md += [f"![{title}]({figures[name].name})", ""]
+        if name == "summary" and lines:  # the table first, then each answer with the evidence that decided it
+            md += ["## Answers: robustness against the baseline, and gradient honesty", "",
+                   *[f"- {ln}" for ln in lines], ""]
     if checks:
         md += ["## The checks and their numbers", "", *[f"- {c}" for c in checks], ""]
     if notes:

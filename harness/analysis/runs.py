@@ -74,8 +74,8 @@ def load_rows(runs: pl.DataFrame, tracking_uri: str, stage: str) -> pl.DataFrame
 
 def load_outcomes(runs: pl.DataFrame, tracking_uri: str, kind: str = "classification") -> pl.DataFrame:
     """The per-image outcomes (each node's `outcomes.parquet`) of every node whose stage leaves them, on models of
-    tasks of `kind`, with the node's axes (a convergence re-run's `attack` is its attack's name behind
-    `harness.stages.converge.RERUN`)."""
+    tasks of `kind`, with the node's axes and each perturbation's `linf` (a convergence re-run's `attack` is its
+    attack's name behind `harness.stages.converge.RERUN`)."""
     from mlflow.artifacts import download_artifacts
 
     stages = [s.name for s in ordered() if OUTCOMES in s.artifacts]
@@ -92,8 +92,10 @@ def load_outcomes(runs: pl.DataFrame, tracking_uri: str, kind: str = "classifica
             table = pl.read_parquet(path)
             if "norm" not in table.columns:  # written before budgets had a norm: every attack then was L-inf's
                 table = table.with_columns(pl.lit("linf").alias("norm"))
-            rounds = [c for c in ("round", "rounds") if c in table.columns]  # a convergence re-run's rounds
-            frames.append(table.select("image", "eps", "norm", *columns, *rounds)
+            # a convergence re-run's rounds; the perturbation's size (what the radii are read from)
+            # and a decision attack's own queries per image it attacked (did it stop early?)
+            extra = [c for c in ("round", "rounds", "linf", "own_queries") if c in table.columns]
+            frames.append(table.select("image", "eps", "norm", *columns, *extra)
                           .with_columns(*[pl.lit(r[a], dtype=pl.String).alias(a) for a in AXES]))
     return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
 

@@ -10,7 +10,9 @@
   the p-value of that reading (the smallest alpha at which the interval lies in the region);
 - `holm` and `bonferroni`: Holm's correction over the cells of a report, Bonferroni inside a minimum;
 - `seeds_interval` / `read_seeds`: a mean over training seeds, its interval covering seeds and images;
-- `images_to_decide`: roughly how many images a test would need, if the effect seen so far held.
+- `images_to_decide`: roughly how many images a test would need, if the effect seen so far held;
+- `median_interval` and `sign_test`: the median of censored per-image radii with its order-statistic interval, and
+  the paired sign test of two models' radii.
 Paired outcomes are arrays over the same images (or queries), in the same order: boolean arrays are 0/1 outcomes
 (robust or not) and get exact binomial tests; float arrays are values in [0, 1] (a query's AP) and get paired
 t-tests, with the sign test where the differences have no spread (the t statistic is then undefined).
@@ -280,3 +282,31 @@ def read_seeds(mine: list[np.ndarray], theirs: list[np.ndarray] | None,
         floor = 1 / RESAMPLES
     value = float(np.mean([x.mean() for x in d])) if d else math.nan
     return read(lambda alpha: seeds_interval(d, pooled, alpha), value, sum(len(x) for x in d), regions, floor)
+
+
+# ---- radii: per-image smallest breaking distances, censored at the largest budget searched -------------------------
+# A radius the attacks never reached is only known to lie above the bound: it is carried as +inf, so every order
+# statistic and every sign below stays exact (a censored radius is larger than any observed one, equal to another
+# censored one).
+
+
+def median_interval(radii: np.ndarray) -> tuple[float, float, float]:
+    """The median radius and its distribution-free 95% interval from order statistics (`scipy.stats.quantile_test`);
+    +inf where the statistic is a censored radius ("above the bound")."""
+    radii = np.asarray(radii, dtype=float)
+    if len(radii) == 0:
+        return math.nan, math.nan, math.nan
+    median = float(np.sort(radii)[(len(radii) - 1) // 2])  # the lower median: an observed radius, never a mean
+    ci = stats.quantile_test(radii, q=median if math.isfinite(median) else 0.0, p=0.5).confidence_interval(1 - ALPHA)
+    return median, float(ci.low), float(ci.high)
+
+
+def sign_test(mine: np.ndarray, theirs: np.ndarray) -> tuple[int, int, float]:
+    """Paired radii on the same images: how many are larger in `mine`, how many smaller, and the two-sided exact sign
+    test's p-value (ties, censored pairs included, carry no sign and drop out)."""
+    with np.errstate(invalid="ignore"):  # inf - inf: both above the bound, a tie
+        d = np.nan_to_num(np.asarray(mine, dtype=float) - np.asarray(theirs, dtype=float), nan=0.0)
+    larger, smaller = int((d > 0).sum()), int((d < 0).sum())
+    if larger + smaller == 0:
+        return 0, 0, 1.0
+    return larger, smaller, float(stats.binomtest(larger, larger + smaller, 0.5).pvalue)

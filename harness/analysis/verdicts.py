@@ -41,6 +41,7 @@ from harness.analysis.checks import (
     sign_attack_raised_ap,
     sign_rule_above_exact,
     sign_single_step_stronger,
+    sign_stopped_early,
     sign_transfer_or_blackbox_stronger,
 )
 from harness.analysis.outcomes import (
@@ -142,7 +143,8 @@ def assess(outcomes: pl.DataFrame, model: dict, bp: dict, settings: VerdictSetti
                    check_converged(mine, eps, settings.delta, reran),
                    *([] if model == bp else [check_converged(bps, eps, settings.delta, bp_reran, baseline)]),
                    sign_rule_above_exact(at), sign_transfer_or_blackbox_stronger(at, families),
-                   sign_single_step_stronger(at, single_step), sign_attack_raised_ap(mine)]
+                   sign_single_step_stronger(at, single_step), sign_attack_raised_ap(mine),
+                   sign_stopped_early(mine, bps, baseline)]
     if own_attacks and not cell.is_baseline:
         _, _, own_per_image = worst_case(at, own_attacks)
         everything = per_image.filter(pl.col("image").is_in(own_per_image["image"].to_list()))

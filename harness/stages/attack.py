@@ -110,13 +110,15 @@ class Attack(Stage):
                     continue
                 for source in atk.crafting_sources():
                     cfg = AttackConfig.model_construct(attack=atk.name, source=source, eps=atk.eps, n=atk.n,
-                                                       batch_size=atk.batch_size, params=atk.params,
+                                                       batch_size=atk.batch_size, sample=atk.sample,
+                                                       sample_seed=atk.sample_seed, params=atk.params,
                                                        device=dag.device, diagnostics=False)
                     inputs = {"model": ft}
                     if source == "transfer":
                         inputs["sibling"] = finetuned[(a["dataset"], a["backbone"], a["seed"], a["task"],
                                                        dag.baseline)]
-                    keyed = cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"})
+                    keyed = {**cfg.model_dump(include={"attack", "source", "eps", "n", "batch_size", "params"}),
+                             **atk.keyed()}
                     key = digest({"stage": self.name, "config": keyed,
                                   "inputs": {role: n.key for role, n in inputs.items()}})
                     label = f"attack {atk.name}/{source or 'query'} on {a['task']}/{a['rule']} " \
@@ -205,11 +207,13 @@ def blackbox_table(rows: pl.DataFrame, norm: str) -> pl.DataFrame:
         return pl.DataFrame()
     index = ["dataset", "backbone", *task_axis(rows), "attack", "rule"]
     wide = by_budget(rows, index, attack_metric(rows), "eps" if norm == "linf" else norm.upper())
-    sizes = (rows.group_by([*index, "run_id"]).agg(  # every row of a minimal attack carries the same sizes
-        pl.col(Metric.MEDIAN_L2).first().alias("median L2"), pl.col(Metric.MEDIAN_LINF).first().alias("median Linf"),
-        pl.col(Metric.QUERIES).first().alias("queries/image"))
-        .group_by(index).agg(pl.col("median L2").mean(), pl.col("median Linf").mean(),
-                             pl.col("queries/image").mean()))
+    # every row of a minimal attack carries the same sizes and queries; runs logged before the start search was
+    # counted apart have no start/own queries
+    spent = {Metric.MEDIAN_L2: "median L2", Metric.MEDIAN_LINF: "median Linf", Metric.QUERIES: "queries/image",
+             Metric.START_QUERIES: "start search/image", Metric.OWN_QUERIES: "own queries/attacked image"}
+    spent = {k: v for k, v in spent.items() if k in rows.columns}
+    sizes = (rows.group_by([*index, "run_id"]).agg(pl.col(k).first().alias(v) for k, v in spent.items())
+             .group_by(index).agg(pl.col(v).mean() for v in spent.values()))
     return sort_rules(wide.join(sizes, on=index, how="left"), index)
 
 
