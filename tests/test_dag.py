@@ -68,7 +68,8 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     ({"attacks": [{"name": "hag", "eps": [0.1]}]},
      "attacks[0].name: attack 'hag' applies to hashing models, and this DAG trains only classification"),
     ({"attacks": [{"name": "pgd", "eps": [0.1], "params": {"step": 3}}]},
-     "attacks[0].params.step: unknown key; allowed: steps, alpha_factor, random_start (did you mean 'steps'?)"),
+     "attacks[0].params.step: unknown key; allowed: steps, restarts, alpha_factor, random_start (did you mean "
+     "'steps'?)"),
     ({"rules": ["frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "sources": ["transfer"]}]},
      "'transfer' crafts on the sibling fine-tuned with the baseline rule (bp): add bp to rules"),
     ({"rules": ["bp", "frsf"], "attacks": [{"name": "pgd", "eps": [0.1], "rules": ["frsf"]}]},
@@ -236,7 +237,8 @@ def test_the_node_keys_of_the_default_dag_are_pinned():
     """A node's key names its result in every run store there is: a change of how nodes are planned or typed must
     not change one. tests/default_keys.json holds the keys the planner gave before harness/ was in rooms (its
     dataset not prepared: a manifest would add its own hash), with the primary-budget nodes added since and the
-    convergence re-runs that read them (the re-run's budget became a run-time input)."""
+    convergence re-runs that read them (the re-run's budget became a run-time input), and the attack nodes as the
+    DAG's attacks changed (every attack at every budget on 200 images, FMN): the training nodes' keys never moved."""
     import json
 
     pinned = json.loads((ROOT / "tests" / "default_keys.json").read_text())
