@@ -19,6 +19,7 @@ import foolbox as fb
 import torch
 
 from workloads.attacks.base import AttackContext, AttackSpec, Steps
+from workloads.attacks.minimal import foolbox_model, unsearched
 from workloads.attacks.registry import register_attack
 from workloads.names import Passes
 from workloads.settings import Section
@@ -44,13 +45,10 @@ def _minimal(make_attack, model: torch.nn.Module, params: Section, ctx: AttackCo
     def queries() -> int:
         return getattr(model, "images", 0)
 
-    # foolbox otherwise moves the model to cuda:0 whenever a GPU exists, wherever the caller put it
-    fmodel = fb.PyTorchModel(_LabelsOnly(model).eval(), bounds=(0.0, 1.0), device=next(model.parameters()).device)
+    fmodel = foolbox_model(_LabelsOnly(model), model)
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            todo = (model(x).argmax(1) == y).nonzero().flatten()
+        x_adv, found, todo = unsearched(model, x, y)
         if len(todo) == 0:
             return x_adv, found
         torch.manual_seed(ctx.seed)  # foolbox draws its noise from torch's global generator

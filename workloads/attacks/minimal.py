@@ -30,15 +30,27 @@ class FMNParams(Section):
     """How fast the ball's radius shrinks or grows per step."""
 
 
+def foolbox_model(module: torch.nn.Module, model: torch.nn.Module) -> fb.PyTorchModel:
+    """`module` (`model` or a wrapper of it) as foolbox takes it, on `model`'s device: foolbox otherwise moves it to
+    cuda:0 whenever a GPU exists, wherever the caller put it."""
+    return fb.PyTorchModel(module.eval(), bounds=(0.0, 1.0), device=next(model.parameters()).device)
+
+
+def unsearched(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a minimal attack returns before it searches (the clean images, nothing found), and the images it
+    searches: those the model classifies correctly (the others are broken at radius 0)."""
+    with torch.no_grad():
+        todo = (model(x).argmax(1) == y).nonzero().flatten()
+    return x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), todo
+
+
 def _fmn(model: torch.nn.Module, eps: float | None, params: FMNParams, ctx: AttackContext):
-    # foolbox otherwise moves the model to cuda:0 whenever a GPU exists, wherever the caller put it
-    fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=next(model.parameters()).device)
+    fmodel = foolbox_model(model, model)
     attack = fb.attacks.LInfFMNAttack(steps=params.steps, max_stepsize=params.max_stepsize, gamma=params.gamma)
 
     def craft(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            todo = (model(x).argmax(1) == y).nonzero().flatten()
+        x_adv, found, todo = unsearched(model, x, y)
         if len(todo) == 0:
             return x_adv, found
         advs = attack.run(fmodel, x[todo], fb.criteria.Misclassification(y[todo])).detach()
