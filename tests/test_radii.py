@@ -87,3 +87,9 @@ def test_a_re_run_adds_evidence_without_narrowing_the_images():
     rerun = outcomes("bp", [0.05] + [math.inf] * 3, attack="re-run apgd").filter(pl.col("eps") == 0.05)
     radii = image_radii(pl.concat([bp, rerun], how="diagonal"))
     assert radii.height == 10 and radii["radius"].to_list()[0] == 0.05
+
+
+def test_outcomes_without_perturbation_sizes_read_each_break_at_its_budget():
+    table = outcomes("bp", [0.0, 0.013, math.inf]).drop("linf")
+    assert image_radii(table).sort("image")["radius"].to_list() == [0.0, 0.02, math.inf]
+

@@ -49,8 +49,10 @@ def image_radii(outcomes: pl.DataFrame) -> pl.DataFrame:
     lin = lin.join(keep, on=[*GROUP, "image"], how="semi")
     bound = lin.group_by(list(GROUP)).agg(pl.col("eps").max().alias("bound"))
     clean = lin.group_by([*MODEL, "image"]).agg(pl.col("clean").all())
+    # a break's size, capped at its budget; outcomes written before sizes were read back have the budget only
+    size = pl.min_horizontal(pl.col("linf").cast(pl.Float64), "eps") if "linf" in lin.columns else pl.col("eps")
     broke = (lin.filter(pl.col("clean") & ~pl.col("robust_raw")).group_by([*MODEL, "image"])
-             .agg(pl.min_horizontal(pl.col("linf").cast(pl.Float64), "eps").min().alias("broken_at")))
+             .agg(size.min().alias("broken_at")))
     per_image = clean.join(broke, on=[*MODEL, "image"], how="left").join(bound, on=list(GROUP))
     radius = (pl.when(~pl.col("clean")).then(0.0).when(pl.col("broken_at").is_not_null())
               .then(pl.col("broken_at")).otherwise(math.inf))
