@@ -52,6 +52,10 @@ def test_first_run_executes_every_node_and_reports(smoke):
     assert retrieval["split clean mAP"].is_between(0, 1).all()  # the whole split's, beside the attacked queries'
     curve = pl.read_csv(work / "results" / "worst_case_curve.csv")
     assert curve.height == 4 * 2 and set(curve["eps"]) == {0.0, 0.1}  # every model at every L-inf budget
+    radii = pl.read_csv(work / "results" / "radii.csv")  # per classifier, on the curve's images
+    assert sorted(radii["rule"]) == ["bp", "frsf"] and radii["n"].min() > 0 and radii["bound"].max() == 0.1
+    readme = (work / "results" / "README.md").read_text()  # the first table: both answers, the radius, the curve
+    assert readme.index("| median radius |") < readme.index("## Answers") < readme.index("## Robustness radii")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(atk.info.run_id)}
     assert {"outcomes.parquet", "result.json"} <= artifacts  # the per-image evidence of the verdicts
     assert "clean:" in first.stdout and "robustness:" in first.stdout
