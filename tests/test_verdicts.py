@@ -726,3 +726,11 @@ def test_a_decision_attack_that_stops_early_on_the_model_and_not_on_bp_is_flagge
     cell = verdict_of({("pgd", "exact"): {0: 1.0, 0.1: 0.3}}, {("pgd", "exact"): {0: 1.0, 0.1: 0.3}})
     assert next(c for c in cell.checks if c.name == "decision attack stopped early").passed is None
 
+
+
+def test_an_interval_in_no_region_at_any_confidence_says_so_instead_of_a_p_value():
+    # 2 discordant images of 40, both for the model: +5 points, an interval across 0 and beyond +-5 at every alpha
+    cell = on_both({("pgd", "exact"): {0: 1.0, 0.1: 0.1}}, {("pgd", "exact"): {0: 1.0, 0.1: 0.05}}, n=40)
+    assert cell.robustness == INCONCLUSIVE and cell.difference.region is None and "robustness" not in cell.adjusted
+    assert "margin 5.0; at no confidence level does the interval lie in one region" in cell.line
+    assert "Holm-adjusted p" not in cell.line.split("Its own gradient")[0]

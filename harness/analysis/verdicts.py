@@ -242,6 +242,8 @@ def _line(c: Cell, settings: VerdictSettings) -> str:
         text += (f"; difference {_span(c.measure, d)}, margin {_signed(c.measure, settings.delta, '')}"
                  f"{_p(c, 'robustness', d)}")
         if c.robustness == INCONCLUSIVE:
+            if d.region is None:  # outside the Holm family: no p-value to print
+                text += "; at no confidence level does the interval lie in one region"
             if d.lo > 0 or d.hi < 0:
                 text += f"; the interval excludes 0: {'above' if d.lo > 0 else 'below'} {base}"
             if c.needed:
