@@ -70,7 +70,7 @@ demo-full: install data
 	$(BIN)/harness run dags/default-full.yaml
 
 # The demo with five seeds (results/default-seeds/: the rule-level answers over seeds and images), in the demo's run
-# folder so that seed 0 is reused from `make demo`: about 30 minutes more on 2 cores.
+# folder so that seed 0 is reused from `make demo`: 39 minutes more on a 2-core AMD EPYC.
 demo-seeds: install data
 	$(BIN)/harness run dags/default.yaml --set experiment=default-seeds --set 'seeds=[0,1,2,3,4]' --out runs/default
 
