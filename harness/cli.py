@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def _plugins_first(argv: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    # SIGTERM (`timeout`, `kill`, a scheduler) and SIGHUP (a closed terminal) end a command as Ctrl-C does, so
+    # every `finally` runs: the servers a command started are stopped with all their workers, not orphaned
+    previous = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     try:
         _plugins_first(argv)
         args = build_parser(argv).parse_args(argv)
@@ -86,6 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("harness: internal error (a bug, not your input; the traceback above says where): please report it",
               file=sys.stderr)
         return 70
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt_on(*signals: signal.Signals) -> dict:
+    try:
+        return {sig: signal.signal(sig, _interrupt) for sig in signals}
+    except ValueError:  # called from a thread other than the main one (a notebook's worker): leave them be
+        return {}
+
+
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

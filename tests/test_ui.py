@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -57,8 +58,39 @@ def test_ui_serves_the_experiment_on_localhost_and_compares_the_rules_of_the_lat
             assert json.loads(compare["runs"][0]) == ids  # the latest run's, one per rule, in the order they ran
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         assert f"127.0.0.1:{port} " in listening and f"0.0.0.0:{port} " not in listening
+        _stops_with_every_child(proc, signal.SIGTERM)  # what `timeout 60 harness ui` sends
     finally:
-        proc.terminate()
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _serving(uri: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", "exp", "--tracking-uri", uri, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving"):
+            return proc
+    raise AssertionError(f"harness ui did not start: {proc.stderr.read()[-2000:]}")
+
+
+def _stops_with_every_child(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the MLflow server should be running under harness ui"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], f"left running after {sig.name}: {alive}"
+
+
+def test_ui_stops_its_server_and_every_worker_on_sighup(tmp_path):
+    uri, _ = _store(tmp_path)
+    proc = _serving(uri, _free_port())
+    try:
+        _stops_with_every_child(proc, signal.SIGHUP)  # a closed terminal
+    finally:
+        proc.kill()
         proc.wait(timeout=30)
 
 

@@ -3,7 +3,8 @@
 A run writes to runs/EXPERIMENT/mlflow.db (sqlite) with artifacts beside it; `mlflow ui` needs the right
 `--backend-store-uri` and a free port, and lands on the experiment list rather than the experiment. This starts it
 with both, waits until it answers, prints the experiment's address (and one comparing the last two runs of the
-grid), and keeps serving until Ctrl-C. Only 127.0.0.1 unless the user passes --host.
+grid), and keeps serving until Ctrl-C, SIGTERM or SIGHUP, which stop the server with all its workers. Only
+127.0.0.1 unless the user passes --host.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def start(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[subproce
     # each experiment the harness creates names its own artifact location, so no --default-artifact-root
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its own process group: `mlflow ui` runs a server and worker processes of its own, and stopping the group
+    # stops them all, where terminating the one process we started would leave its workers serving
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     base = f"http://{host}:{port}"
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
@@ -96,7 +99,7 @@ def start(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[subproce
                 return proc, base
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
-    proc.terminate()
+    stop(proc)
     raise ServiceError(f"`mlflow ui` did not answer on {base} within {STARTUP_S:.0f} s")
 
 
@@ -108,11 +111,30 @@ def serve(experiment: str, tracking_uri: str | None = None, host: str = "127.0.0
             log(f"{what}: {url}")
         log("serving until Ctrl-C")
         return proc.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM or SIGHUP (harness/cli.py turns them into this)
         return 0
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop the server's whole process group: SIGTERM, then SIGKILL what is left after `timeout` seconds."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the leader is gone; its workers may take a moment longer
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
