@@ -24,13 +24,14 @@ import yaml
 from pydantic import Field
 
 from harness.config import plugins
-from harness.execution.orchestrator import run_level
+from harness.execution.orchestrator import locations, run_level
 from harness.execution.raytune import init_ray, run_trials
 from harness.execution.store import ArtifactStore
 from harness.execution.tracking import Tracker, default_uri
 from harness.planning.dag import Dag
 from harness.planning.plan import build_plan
 from harness.stages import MODEL, Node, digest
+from workloads import storage
 from workloads.config import StageConfig
 from workloads.errors import ConfigError, TrialError
 from workloads.files import atomic_write_text
@@ -119,9 +120,10 @@ def _cell(dag: Dag, nodes: list[Node], s: SearchSettings) -> tuple[dict, dict[st
     return want, {r: fts[r] for r in rules}, pre
 
 
-def _trainable(config: dict, bases: dict[str, StageConfig], pretrained: str | None, validation: float,
+def _trainable(config: dict, bases: dict[str, StageConfig], pretrained: tuple[str, str] | None, validation: float,
                plugin_names: list[str], threads: int) -> None:
-    """One trial: fine-tune with the drawn values, report the validation score after every epoch."""
+    """One trial: fine-tune with the drawn values, report the validation score after every epoch. `pretrained`:
+    (store root, pretrain node key), fetched on this machine when the store is remote."""
     import torch
     from ray import tune
 
@@ -133,6 +135,8 @@ def _trainable(config: dict, bases: dict[str, StageConfig], pretrained: str | No
     torch.set_num_threads(threads)
     plugins.load_plugins(plugin_names)
     base = bases[config["rule"]]
+    model = None if pretrained is None else str(ArtifactStore(pretrained[0]).local_folder("pretrain", pretrained[1])
+                                                / MODEL)
     cfg = base.model_copy(update={"finetune": base.finetune.model_copy(update=resolved(config, bases))})
 
     def on_epoch(epoch: int, row: dict) -> None:
@@ -140,7 +144,7 @@ def _trainable(config: dict, bases: dict[str, StageConfig], pretrained: str | No
         tune.report({"val": score, "loss": row["loss"], "epoch": epoch + 1})
 
     try:
-        finetune_model(pretrained, config["rule"], cfg, progress=False, on_epoch=on_epoch, validation=validation)
+        finetune_model(model, config["rule"], cfg, progress=False, on_epoch=on_epoch, validation=validation)
     except DivergenceError as exc:
         # the lowest score there is, so ASHA ranks it last; the trial is marked and never chosen
         tune.report({"val": 0.0, "diverged": 1, "error": str(exc)})
@@ -168,12 +172,12 @@ def _recorder(runs: dict, phase: str, bases: dict) -> Callable:
     return describe
 
 
-def _search(name: str, space: dict, phase: str, runs: dict, dag: Dag, out_dir: Path, constants: dict, log: Log,
+def _search(name: str, space: dict, phase: str, runs: dict, dag: Dag, root: str, constants: dict, log: Log,
             total: int, seed: int, **tune_config) -> None:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     grid = run_trials(name, _trainable, space, stage="search", resources="finetune", total=total,
-                      settings=dag.config, storage=out_dir / "tune", log=log, constants=constants,
+                      settings=dag.config, storage=storage.join(root, "tune"), log=log, constants=constants,
                       describe=_recorder(runs, phase, constants["bases"]),
                       label=lambda t: f"{phase} {t.config['rule']} {t.trial_id}", metric="val", mode="max",
                       search_alg=BasicVariantGenerator(random_state=seed), **tune_config)  # same seed, same draws
@@ -250,15 +254,16 @@ def plot(trials: list[Trial], best: dict, metric: str, path: Path) -> Path:
 
 def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = None,
                tracking_uri: str | None = None, address: str | None = None,
-               override_path: str | Path | None = None, log: Log = print) -> SearchResult:
+               override_path: str | Path | None = None, log: Log = print,
+               store_root: str | None = None) -> SearchResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from workloads.tasks import get_task
 
     t0 = time.perf_counter()
-    out = Path(out_dir or Path("runs") / dag.experiment).resolve()
-    store = ArtifactStore(out / "store")
+    out, root = locations(dag, out_dir, store_root)
+    store = ArtifactStore(storage.join(root, "store"))
     store.check_writable()
     nodes = build_plan(dag)
     cell, fts, pre = _cell(dag, nodes, settings)
@@ -272,11 +277,11 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
 
     if pre is not None and not store.done("pretrain", pre.key):
         log(f"[search] pretraining first: {pre.label}")
-        errors = run_level(dag, "pretrain", [pre], store, out, log)
+        errors = run_level(dag, "pretrain", [pre], store, storage.join(root, "tune"), log)
         if errors:
             raise TrialError(f"pretraining failed: {errors[pre.key]}")
     constants = {"bases": {r: n.config for r, n in fts.items()}, "validation": settings.validation,
-                 "pretrained": str(store.node_dir("pretrain", pre.key) / MODEL) if pre is not None else None,
+                 "pretrained": (str(store.root), pre.key) if pre is not None else None,
                  "plugin_names": plugins.loaded()}
     tag = digest({"cell": cell, "rules": rules, "settings": settings.model_dump(),
                   "bases": {r: n.config.model_dump() for r, n in fts.items()}})
@@ -288,7 +293,7 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
     status = "FAILED"
     try:
         log(f"[search] baseline: the DAG's setting for {', '.join(rules)}")
-        _search(f"search-baseline-{tag}", {"rule": tune.grid_search(rules)}, "baseline", runs, dag, out, constants,
+        _search(f"search-baseline-{tag}", {"rule": tune.grid_search(rules)}, "baseline", runs, dag, root, constants,
                 log, total=len(rules), seed=cell["seed"])
         for rule in rules:
             log(f"[search] {rule}: {settings.samples} settings, up to {max_epochs} epochs, ASHA")
@@ -296,7 +301,7 @@ def search_dag(dag: Dag, settings: SearchSettings, out_dir: str | Path | None = 
                                                   max_epochs)}
             asha = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
                                  reduction_factor=2)
-            _search(f"search-{rule}-{tag}", space, "search", runs, dag, out, constants, log, total=settings.samples,
+            _search(f"search-{rule}-{tag}", space, "search", runs, dag, root, constants, log, total=settings.samples,
                     seed=cell["seed"], scheduler=asha, num_samples=settings.samples)
         trials = list(runs.values())
         best = choose(trials, rules, dag_epochs)

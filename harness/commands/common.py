@@ -22,7 +22,13 @@ def dag_args(p: argparse.ArgumentParser) -> None:
                    help="a YAML file of DAG values merged over the DAG, e.g. the best.yaml `harness search` writes "
                    "(repeatable; --set applies after)")
     p.add_argument("--out", default=None,
-                   help="run folder: artifact store, MLflow sqlite store, Tune logs (default: runs/EXPERIMENT)")
+                   help="the driver's run folder: MLflow sqlite store, logs, and by default the store "
+                   "(default: runs/EXPERIMENT)")
+    p.add_argument("--store", default=None, metavar="URI",
+                   help="where the node folders and Ray Tune's storage live: a folder every Ray node reaches, or "
+                   "an object-store URI such as s3://BUCKET/PREFIX?endpoint_override=HOST:PORT&scheme=http for "
+                   "nodes that share no disk; credentials come from each node's environment, never the URI "
+                   "(default: the DAG's `store`, else the run folder; docs/cluster.md)")
 
 
 def services(p: argparse.ArgumentParser) -> None:

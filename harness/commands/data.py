@@ -26,7 +26,8 @@ def add(p: argparse.ArgumentParser) -> None:
     prep.add_argument("name", help="a dataset adapter, e.g. fashion-mnist, cifar10, imagefolder, hashlist "
                       "(`harness data list`)")
     prep.add_argument("--src", default=None, help="where the source data is (default: the adapter's usual place)")
-    prep.add_argument("--out", default=None, help="output folder (default: data/NAME)")
+    prep.add_argument("--out", default=None, help="output folder, or an object-store URI such as "
+                      "s3://BUCKET/data/NAME?endpoint_override=HOST:PORT (docs/cluster.md) (default: data/NAME)")
     prep.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default: %(default)s)")
     prep.add_argument("--download", action="store_true", help="let torchvision download the source if it is missing")
     prep.add_argument("--force", action="store_true", help="rewrite the shards even if the source is unchanged")
@@ -47,7 +48,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workloads import datasets
+    from workloads import datasets, storage
     from workloads.datasets.prepare import describe
     from workloads.settings import validate
 
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         from workloads.datasets.manifest import check_shard_files
 
         m = datasets.load_manifest(args.folder)
-        check_shard_files(Path(args.folder), m, deep=args.deep)
+        check_shard_files(args.folder, m, deep=args.deep)
         print(describe(m))
         print("shards: all present" + (", checksums match" if args.deep else " with the sizes the manifest lists"))
         return 0
@@ -75,14 +76,14 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--{foreign[0].replace('_', '-')}: not an option of {args.name} (its options: "
                          f"{', '.join(adapter.Options.model_fields) or 'none'})")
     options = validate(adapter.Options, given, f"harness data prepare {args.name}").model_dump(exclude_unset=True)
-    out = Path(args.out) if args.out else Path("data") / args.name
+    out = args.out if args.out and "://" in args.out else Path(args.out or Path("data") / args.name)
 
     def progress(split: str, done: int, total: int | None) -> None:
         log(f"[prepare {args.name}] {split}: {done}/{total if total else '?'}")
 
     manifest, wrote = datasets.prepare(args.name, out, src=args.src, shard_size=args.shard_size,
                                        download=args.download, force=args.force, progress=progress, **options)
-    print(("wrote " if wrote else "up to date (source unchanged), nothing written: ") + str(out))
+    print(("wrote " if wrote else "up to date (source unchanged), nothing written: ") + storage.display(out))
     print(describe(manifest))
     return 0
 

@@ -8,7 +8,6 @@ prepared when the DAG gives `sizes` hints.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from harness.commands.common import dag_args
 
@@ -21,22 +20,25 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from harness.execution.orchestrator import locations
     from harness.execution.store import ArtifactStore
     from harness.planning.cost import cost_by_stage, dataset_sizes, measured_rate
     from harness.planning.dag import load_dag
     from harness.planning.plan import build_plan
     from harness.stages import STAGES, ordered
+    from workloads import storage
 
     dag = load_dag(args.dag, args.sets, args.overrides)
     nodes = build_plan(dag, require_data=False)
-    store = ArtifactStore(Path(args.out or Path("runs") / dag.experiment) / "store")
+    _, root = locations(dag, args.out, args.store)
+    store = ArtifactStore(storage.join(root, "store"))
     if args.tflops is not None:
         rate, source = args.tflops * 1e12, f"--tflops {args.tflops:g}"
     else:
         rate, source = measured_rate() or (None, "no measured rate (run `harness bench train`)")
     sizes, sides = dataset_sizes(dag.config, dag.path)
     cost = cost_by_stage(nodes, sizes, sides, rate)
-    print(f"{dag.path}: experiment {dag.experiment!r}, store {store.root}")
+    print(f"{dag.path}: experiment {dag.experiment!r}, store {store}")
     print(f"{'stage':<10} {'nodes':>7} {'cached':>7} {'to run':>7} {'PFLOP':>10} {'hours':>9}")
     total_h = 0.0
     for stage in ordered():

@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     inputs = unchanged.digest_inputs(args.dag, args.sets, args.overrides, args.out, args.tracking_uri, args.results,
-                                     not args.no_report, plugins.loaded())
+                                     not args.no_report, plugins.loaded(), args.store)
     last = unchanged.last_complete(*inputs) if inputs else None
     if last is not None:  # nothing changed since the last complete run: its answer stands
         counts = last["nodes"]
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
 
     dag = load_dag(args.dag, args.sets, args.overrides)
     results = None if args.no_report else Path(args.results or Path("results") / dag.experiment)
-    summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address)
+    summary = run_dag(dag, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address, store=args.store)
     log(f"harness run: {summary.seconds:.0f} s; ran: {', '.join(f'{s} {n}' for s, n in summary.ran.items())}; "
         f"cached: {', '.join(f'{s} {n}' for s, n in summary.cached.items())}")
     text = report(summary, results) if results is not None else ""

@@ -30,6 +30,7 @@ def main(args: argparse.Namespace) -> int:
     dag = load_dag(args.dag, args.sets, args.overrides)
     settings = from_flags(args, SearchSettings, "harness search")
     result = search_dag(dag, settings, out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address,
+                        store_root=args.store,
                         override_path=args.write, log=log)
     print(format_result(result))
     return 0

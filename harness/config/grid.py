@@ -23,7 +23,7 @@ from harness.config.plugins import MODULE
 from harness.config.trials import TrialSettings
 from harness.config.verdicts import VerdictSettings
 from workloads.datasets.options import DataOptions
-from workloads.errors import Invalid
+from workloads.errors import ConfigError, Invalid
 from workloads.settings import Device, Section, Seed
 
 
@@ -45,8 +45,15 @@ class DatasetEntry(DataOptions):
     @field_validator("root")
     @classmethod
     def _absolute(cls, root: str) -> str:
-        """Relative to the working directory, as on the command line."""
-        path = Path(root).expanduser()
+        """Relative to the working directory, as on the command line; an object-store URI as it is."""
+        from workloads import storage
+
+        if "://" in root and not root.startswith("file://"):
+            try:
+                return storage.check(root, "root")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("root: ")) from None
+        path = Path(root.removeprefix("file://")).expanduser()
         return str(path if path.is_absolute() else Path.cwd() / path)
 
 
@@ -54,6 +61,15 @@ def _experiment(name: str) -> str:
     if not name or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ValueError("required: a name of letters, digits, '-', '_' or '.' (it names folders)")
     return name
+
+
+def _store(location: str | None) -> str | None:
+    from workloads import storage
+
+    try:
+        return None if location is None else storage.check(location, "store")
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix("store: ")) from None
 
 
 def _module(name: str) -> str:
@@ -85,6 +101,11 @@ class DagConfig(TrialSettings):
     rules: list[str] = ["bp", "usf", "frsf", "brsf"]
     baseline: str = "bp"
     """The rule every other is compared with: the verdicts' reference and the model a transfer attack crafts on."""
+    store: Annotated[str | None, AfterValidator(_store)] = None
+    """Where the node folders and Ray Tune's storage live: a folder every Ray node reaches, or an object-store URI
+    (s3://BUCKET/PREFIX, options in its query, e.g. ?endpoint_override=HOST:PORT&scheme=http) for nodes that
+    share no disk (docs/cluster.md). null: the run folder. --store overrides it. Never credentials: every node's
+    SDK environment gives them."""
     verdicts: VerdictSettings = VerdictSettings()
     """How the report decides each cell's verdict (docs/evaluation.md)."""
 

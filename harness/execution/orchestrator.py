@@ -23,6 +23,7 @@ from harness.execution.tracking import Tracker, default_uri
 from harness.planning.dag import Dag
 from harness.planning.plan import build_plan
 from harness.stages import STAGES, Node, digest, ordered
+from workloads import storage
 from workloads.errors import ConfigError, HarnessError
 
 Log = Callable[[str], None]
@@ -100,7 +101,7 @@ def _describe(result: dict) -> str | None:
     return None
 
 
-def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out_dir: Path, log: Log) -> dict:
+def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, tune_storage: str, log: Log) -> dict:
     """Run `nodes` as one Tune run; returns key -> error for the nodes that did not finish."""
     from ray import tune
 
@@ -108,7 +109,7 @@ def run_level(dag: Dag, stage: str, nodes: list[Node], store: ArtifactStore, out
     grid = run_trials(
         f"{stage}-{digest(sorted(labels))}", _trainable, {"key": tune.grid_search([n.key for n in nodes])},
         stage=stage, resources=STAGES.get(stage).group, total=len(nodes), settings=dag.config,
-        storage=out_dir / "tune", log=log,
+        storage=tune_storage, log=log,
         # the grid is over node keys only and the nodes travel once through the object store: Tune's per-trial
         # configs (written to every trial folder and to the experiment state) stay small
         constants={"nodes": {n.key: n for n in nodes}, "store_root": str(store.root),
@@ -132,6 +133,14 @@ def _error_text(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:2000]
 
 
+def locations(dag: Dag, out_dir: str | Path | None, store: str | None) -> tuple[Path, str]:
+    """(the driver's run folder, the store's root): --out (default runs/EXPERIMENT) holds the MLflow sqlite store
+    and logs; --store (default: the DAG's `store`, else the run folder) the node folders and Tune's storage."""
+    out = Path(out_dir or Path("runs") / dag.experiment).resolve()
+    root = store or dag.config.store or str(out)
+    return out, storage.check(root, "--store" if store else f"{dag.path}: store")
+
+
 def _check_weights(dag: Dag) -> None:
     """`weights: imagenet` or a file must be there before anything runs, not discovered by a trial hours later."""
     from workloads import backbones
@@ -149,12 +158,13 @@ def _check_weights(dag: Dag) -> None:
 
 
 def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
-            log: Log = _log_stderr) -> RunSummary:
-    """Run what the DAG needs, logging every node to MLflow under one parent run (`RunSummary.parent_run`)."""
+            log: Log = _log_stderr, store: str | None = None) -> RunSummary:
+    """Run what the DAG needs, logging every node to MLflow under one parent run (`RunSummary.parent_run`).
+    `store` (default: the DAG's `store`, else the run folder) holds the artifact store and Tune's storage."""
     t0 = time.perf_counter()
-    out = Path(out_dir or Path("runs") / dag.experiment).resolve()
-    store = ArtifactStore(out / "store")
-    store.check_writable()
+    out, root = locations(dag, out_dir, store)
+    artifacts = ArtifactStore(storage.join(root, "store"))
+    artifacts.check_writable()
     nodes = build_plan(dag)  # checks every dataset is prepared: before any compute
     _check_weights(dag)
     uri = tracking_uri or default_uri(out)
@@ -167,14 +177,14 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
          "baseline": dag.config.baseline, "plugins": plugins.loaded()}, {"harness.dag": dag.path})
     status = "FAILED"
     try:
-        if any(not store.done(n.stage, n.key) for n in nodes):
+        if any(not artifacts.done(n.stage, n.key) for n in nodes):
             init_ray(address, log, plugins.loaded())
         for stage in ordered():
-            _run_stage(dag, stage.name, [n for n in nodes if n.stage == stage.name], store, out, tracker, logged,
-                       summary, log)
+            _run_stage(dag, stage.name, [n for n in nodes if n.stage == stage.name], artifacts,
+                       storage.join(root, "tune"), tracker, logged, summary, log)
         status = "FINISHED" if summary.ok else "FAILED"
         if summary.ok:
-            summary.results = [store.node_dir(n.stage, n.key) / "result.json" for n in nodes]
+            summary.results = [artifacts.location(n.stage, n.key, "result.json") for n in nodes]
     finally:
         summary.seconds = time.perf_counter() - t0
         tracker.end_parent(status, {"seconds": summary.seconds, "failed": len(summary.failed),
@@ -185,8 +195,8 @@ def run_dag(dag: Dag, out_dir: str | Path | None = None, tracking_uri: str | Non
     return summary
 
 
-def _run_stage(dag: Dag, stage: str, level: list[Node], store: ArtifactStore, out: Path, tracker: Tracker,
-               logged: set[str], summary: RunSummary, log: Log) -> None:
+def _run_stage(dag: Dag, stage: str, level: list[Node], store: ArtifactStore, tune_storage: str,
+               tracker: Tracker, logged: set[str], summary: RunSummary, log: Log) -> None:
     """One level: its nodes not in the store run as one Tune run; every node not yet in MLflow is logged."""
     if not level:
         return
@@ -197,7 +207,7 @@ def _run_stage(dag: Dag, stage: str, level: list[Node], store: ArtifactStore, ou
         + (f", {len(blocked)} skipped (an input failed)" if blocked else ""))
     for n in todo:
         store.clear_failure(stage, n.key)
-    errors = run_level(dag, stage, todo, store, out, log) if todo else {}
+    errors = run_level(dag, stage, todo, store, tune_storage, log) if todo else {}
     artifacts = STAGES.get(stage).artifacts
     for n in level:
         if n.key in blocked:
@@ -210,6 +220,5 @@ def _run_stage(dag: Dag, stage: str, level: list[Node], store: ArtifactStore, ou
             ran = n.key in todo_keys
             (summary.ran if ran else summary.cached)[stage] += 1
             if n.key not in logged:
-                folder = store.node_dir(stage, n.key)
                 tracker.log_node(n, store.result(stage, n.key), cached=not ran,
-                                 files=[folder / a for a in artifacts if (folder / a).is_file()])
+                                 files=store.files_of(stage, n.key, artifacts))

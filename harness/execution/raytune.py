@@ -4,7 +4,8 @@
   the user's plugins to every worker (`runtime_env`);
 - `run_trials`: one Tune run, as the DAG's trial settings say (harness/config/trials.py): resources per trial (a
   GPU share only where the cluster has GPUs), threads capped to the trial's CPUs, Tune's retries for a worker that
-  died, storage under the run folder, and one progress line per trial event.
+  died, storage in the run's store (a folder, or an object store every node reaches: workloads/storage.py), and
+  one progress line per trial event.
 Trials report with `ray.tune.report`; Ray is imported only when a function here is called.
 """
 
@@ -117,7 +118,7 @@ def trial_resources(settings: TrialSettings, group: str, log: Log) -> dict:
 
 
 def run_trials(name: str, trainable: Callable, space: dict, *, stage: str, total: int, settings: TrialSettings,
-               storage: Path, log: Log, resources: str | None = None,
+               storage: str | Path, log: Log, resources: str | None = None,
                describe: Callable[[Any, dict], str | None] | None = None, label: Callable[[Any], str] | None = None,
                trial_name: Callable[[Any], str] | None = None, constants: dict | None = None, **tune_config: Any):
     """One Ray Tune run of `trainable(config, threads=..., **constants)` over `space`; returns Tune's ResultGrid.
@@ -133,14 +134,26 @@ def run_trials(name: str, trainable: Callable, space: dict, *, stage: str, total
     wrapped = tune.with_resources(
         tune.with_parameters(trainable, threads=max(1, int(res["cpu"])), **(constants or {})), res)
     names = {"trial_name_creator": trial_name, "trial_dirname_creator": trial_name} if trial_name else {}
+    where = _storage(storage)
     tuner = tune.Tuner(
         wrapped, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent or None, **names, **tune_config),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0,
+        run_config=tune.RunConfig(name=name, **where, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=settings.retries),
                                   callbacks=[_progress(stage, total, label or (lambda t: t.trial_id), describe, log)]),
     )
     return tuner.fit()
+
+
+def _storage(location: str | Path) -> dict:
+    """RunConfig's storage for a path or a URI: pyarrow ignores AWS_ENDPOINT_URL, so a URI's options (an S3
+    endpoint) reach Tune only in the filesystem built from it, handed over whole."""
+    from workloads import storage
+
+    if not storage.is_remote(str(location)):
+        return {"storage_path": str(Path(location).resolve())}
+    fs, path = storage.filesystem(str(location))
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def _progress(stage: str, total: int, label: Callable[[Any], str], describe, log: Log):

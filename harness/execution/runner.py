@@ -1,6 +1,7 @@
 """One stage node, run to completion: its stage reads the inputs' folders, runs the workloads' function and writes
 its own folder; the store then records the result. No Ray here: the orchestrator wraps `run_node` as a Tune
-trainable, and tests and notebooks can call it directly.
+trainable, and tests and notebooks can call it directly. On a remote store the stage still sees local folders: its
+inputs fetched into this machine's cache, its own a staging folder the store publishes once the stage returns.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ def run_node(node: Node, store: ArtifactStore, progress: Progress | None = None,
     if unknown:
         raise ValueError(f"node {node.label}: inputs {unknown} name no stage; a stage's nodes read others with "
                          "Node.reads(role=node)")
-    files = NodeFiles(store.node_dir(stage, key),
-                      {role: store.node_dir(node.upstream[role], k) for role, k in node.inputs.items()})
     t0 = time.perf_counter()
     try:
-        result = STAGES.get(stage).run(node, files, progress or (lambda metrics: None))
+        inputs = {role: store.local_folder(node.upstream[role], k) for role, k in node.inputs.items()}
+        folder = store.staging(stage, key) if store.remote else store.node_dir(stage, key)
+        result = STAGES.get(stage).run(node, NodeFiles(folder, inputs), progress or (lambda metrics: None))
     except BaseException:
         store.clear_running(stage, key)  # it stopped: the caller records why (failed.json), or nothing if it must not
         raise
     record = {"node": node.to_dict(), "result": result, "seconds": time.perf_counter() - t0, "where": here}
-    store.write_result(stage, key, record)
+    if store.remote:
+        store.publish(stage, key, folder, record)
+    else:
+        store.write_result(stage, key, record)
     return record

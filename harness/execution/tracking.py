@@ -44,7 +44,10 @@ class Tracker:
             self.client = MlflowClient(uri)
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
-                location = Path(artifact_root).resolve().as_uri() if artifact_root is not None else None
+                # a server keeps its own artifact store (--artifacts-destination: S3 and the like); only a local
+                # store gets the run folder's
+                local = artifact_root is not None and not uri.startswith(("http://", "https://"))
+                location = Path(artifact_root).resolve().as_uri() if local else None
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = exp.experiment_id

@@ -7,7 +7,8 @@ is nothing to compute, nothing to log and the report would come out the same: th
 torch, Ray or MLflow (seconds of imports on a small machine). Anything else (an eps grid changed, a seed added, a
 source file edited, a node's folder deleted, another MLflow store) goes the normal way, which checks every node.
 
-Only the run folder's own sqlite MLflow store qualifies: a server may be written by other drivers meanwhile. A run
+Only the run folder's own sqlite MLflow store, and its own artifact store, qualify: a server or an object store
+may be written by other drivers meanwhile. A run
 with plugins always goes the normal way: their code is the user's, and telling whether it changed would mean
 importing it.
 """
@@ -29,7 +30,8 @@ CODE_DIRS = ("harness", "rules", "workloads")
 
 
 def digest_inputs(dag: str, sets: list[str], files: list[str], out: str | None, tracking_uri: str | None,
-                  results: str | None, report: bool, plugins: list[str] | None = None) -> tuple[str, Path] | None:
+                  results: str | None, report: bool, plugins: list[str] | None = None,
+                 store: str | None = None) -> tuple[str, Path] | None:
     """(the digest of this run's inputs, its run folder), or None where it cannot be told cheaply (then the run
     goes the normal way, which also reports any error in the DAG)."""
     try:
@@ -38,6 +40,8 @@ def digest_inputs(dag: str, sets: list[str], files: list[str], out: str | None, 
         return None
     experiment = tree.get("experiment")
     if not isinstance(experiment, str) or tracking_uri is not None or plugins or tree.get("plugins"):
+        return None
+    if store is not None or tree.get("store") is not None:  # another store than the run folder: may be remote
         return None
     folder = Path(out or Path("runs") / experiment).resolve()
     h = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode())

@@ -10,24 +10,27 @@ every attack, and changing one attack's eps grid changes only that attack's keys
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from harness.planning.dag import Dag
 from harness.stages import Node, Plan, ordered
-from workloads.errors import DataError
+from workloads import storage
+from workloads.errors import DataError, StorageError
 
 
 def data_digest(root: str, where: str, name: str, require: bool = True) -> str:
     """A prepared dataset's identity: the hash of its manifest ("unprepared" where there is none and `require` is
     off)."""
-    manifest = Path(root) / "manifest.json"
+    manifest = storage.join(root, "manifest.json")
     try:
-        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+        return hashlib.sha256(storage.read_bytes(manifest)).hexdigest()[:16]
     except (FileNotFoundError, NotADirectoryError):
         if not require:
             return "unprepared"
-        raise DataError(f"{where}: datasets.{name}.root: {root} holds no prepared data (no manifest.json); run "
-                        f"`harness data prepare {name} --out {root}` first") from None
+        shown = storage.display(root)
+        raise DataError(f"{where}: datasets.{name}.root: {shown} holds no prepared data (no manifest.json); run "
+                        f"`harness data prepare {name} --out {shown}` first") from None
+    except StorageError:  # an object store that does not answer: its own message names it
+        raise
     except OSError as exc:  # unreadable: permissions, a folder named manifest.json, ...
         raise DataError(f"{where}: datasets.{name}.root: {manifest} cannot be read ({exc.strerror or exc})") from None
 

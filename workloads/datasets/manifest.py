@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workloads import storage
 from workloads.errors import DataError
 
 FORMAT = "sigsym-shards/1"
@@ -90,16 +91,19 @@ class Manifest:
 
 
 def load_manifest(root: str | Path) -> Manifest:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise DataError(
-            f"no {MANIFEST} in {root}: prepare the dataset first (`harness data prepare NAME --out {root}`)"
-        )
+    """The manifest of the prepared dataset at `root` (a folder, or an object-store URI: workloads/storage.py)."""
+    path = storage.join(root, MANIFEST)
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); prepare the dataset again") from None
-    return Manifest.from_dict(data, str(path))
+        text = storage.read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise DataError(
+            f"no {MANIFEST} in {storage.display(root)}: prepare the dataset first (`harness data prepare NAME --out "
+            f"{storage.display(root)}`)") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{storage.display(path)} is not valid JSON ({exc}); prepare the dataset again") from None
+    return Manifest.from_dict(data, storage.display(path))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -110,19 +114,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def check_shard_files(root: Path, manifest: Manifest, deep: bool = False) -> None:
-    """Every local shard the manifest lists exists with its size (and, if `deep`, its checksum). Shards behind a URL
-    are checked as they are read (the reader verifies every shard's size and checksum)."""
+def check_shard_files(root: str | Path, manifest: Manifest, deep: bool = False) -> None:
+    """Every shard beside the manifest (a folder or an object store) exists with its size (and, if `deep`, its
+    checksum). Shards behind an http(s) URL or a pipe are checked as they are read (the reader verifies every
+    shard's size and checksum)."""
     for split, info in manifest.splits.items():
         for sh in info.shards:
-            if "://" in sh.name or sh.name.startswith("pipe:"):
+            if ("://" in sh.name and not storage.is_remote(sh.name)) or sh.name.startswith("pipe:"):
                 continue
-            p = root / sh.name  # an absolute name (a shard indexed in place) stays itself
-            if not p.is_file():
-                raise DataError(f"shard {p} listed in the manifest (split {split!r}) is missing")
-            size = os.path.getsize(p)
+            p = sh.name if "://" in sh.name or os.path.isabs(sh.name) else storage.join(root, sh.name)
+            try:
+                size = storage.size(p)
+            except (FileNotFoundError, NotADirectoryError):
+                size = None
+            if size is None or (not storage.is_remote(p) and not Path(p).is_file()):
+                raise DataError(f"shard {storage.display(p)} listed in the manifest (split {split!r}) is missing")
             if size != sh.bytes:
-                raise DataError(f"shard {p} has {size} bytes, the manifest says {sh.bytes}: it was changed or "
-                                "truncated; prepare the dataset again")
-            if deep and sha256_file(p) != sh.sha256:
-                raise DataError(f"shard {p} does not match its manifest checksum; prepare the dataset again")
+                raise DataError(f"shard {storage.display(p)} has {size} bytes, the manifest says {sh.bytes}: it was "
+                                "changed or truncated; prepare the dataset again")
+            if deep and hashlib.sha256(storage.read_bytes(p)).hexdigest() != sh.sha256:
+                raise DataError(f"shard {storage.display(p)} does not match its manifest checksum; prepare the "
+                                "dataset again")

@@ -1,7 +1,9 @@
 """`harness data prepare`: a source dataset -> `{split}-%06d.tar` shards + manifest.json, once.
 
 Written into a temporary folder beside the output and moved into place at the end, so an interrupted prepare never
-leaves shards that look complete. An unchanged source (same fingerprint, same options) is not read again.
+leaves shards that look complete. To an object store (`--out s3://BUCKET/PREFIX`, workloads/storage.py) the folder
+is a local temporary one, uploaded with manifest.json last: a reader never finds a manifest before its shards.
+An unchanged source (same fingerprint, same options) is not read again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from workloads import storage
 from workloads.datasets.adapters import get_adapter
 from workloads.datasets.adapters.base import Adapter
 from workloads.datasets.codec import encode_label, encode_png
@@ -37,10 +40,11 @@ def prepare(
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
     adapter: Adapter = get_adapter(name)(src, download=download, **source_options)
-    out = Path(out)
+    remote = storage.is_remote(str(out))
+    out = storage.check(str(out), "--out") if remote else Path(out)
     fingerprint = adapter.fingerprint()
     options = {"shard_size": shard_size, **{k: str(v) for k, v in source_options.items() if v is not None}}
-    if not force and (out / MANIFEST).is_file():
+    if not force and storage.is_file(storage.join(out, MANIFEST)):
         try:
             current = load_manifest(out)
             if current.source.get("fingerprint") == fingerprint and current.source.get("options") == options:
@@ -48,13 +52,20 @@ def prepare(
                 return current, False
         except DataError:
             pass  # damaged or stale: rebuild below
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if not remote:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-tmp-") if remote else
+               tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         manifest = adapter.index(tmp, progress) if adapter.in_place else _write(adapter, tmp, shard_size, progress)
         manifest.source = {"name": name, "path": str(adapter.locate()), "fingerprint": fingerprint, "options": options}
         (tmp / MANIFEST).write_text(manifest.to_json())
-        _swap_into_place(tmp, out)
+        if remote:
+            storage.upload(tmp, out, skip=(MANIFEST,))
+            storage.write_bytes(storage.join(out, MANIFEST), (tmp / MANIFEST).read_bytes())
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

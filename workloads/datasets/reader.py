@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from workloads import storage
 from workloads.datasets.codec import IMAGE_EXTS, LABEL_MEMBERS, decode_image, decode_label, label_member
 from workloads.datasets.manifest import Manifest, ShardInfo, load_manifest
 from workloads.datasets.tario import iter_tar, sample_crc, samples
@@ -48,6 +49,11 @@ def is_location(name: str) -> bool:
 
 
 def _read_bytes(location: str) -> bytes:
+    if storage.is_remote(location):  # s3:// and gs://: the opener the artifact store uses (workloads/storage.py)
+        try:
+            return storage.read_bytes(location)
+        except FileNotFoundError:
+            raise DataError(f"shard {storage.display(location)} is missing; prepare the dataset again") from None
     if "://" in location or location.startswith("pipe:"):
         import webdataset as wds  # remote shards: http(s), pipe:, s3 via a pipe; webdataset knows them all
 
@@ -166,12 +172,12 @@ class ShardReader:
     # -- reading one shard -------------------------------------------------------------------------------------
     def _shard_path(self, shard: ShardInfo) -> str:
         """Shards the harness wrote sit beside the manifest; shards indexed in place keep their own location."""
-        return shard.name if is_location(shard.name) else f"{self.root.rstrip('/')}/{shard.name}"
+        return shard.name if is_location(shard.name) else storage.join(self.root, shard.name)
 
     def _read_shard(self, shard: ShardInfo, want: int | None = None) -> _Decoded:
         """Decode the kept samples of one verified shard; with `want`, stop once that many are decoded."""
-        where = self._shard_path(shard)
-        data = _read_bytes(where)
+        data = _read_bytes(self._shard_path(shard))
+        where = storage.display(self._shard_path(shard))
         if self.verify and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
             raise DataError(self._locate_damage(shard, data))
         images, labels = [], []
@@ -193,11 +199,11 @@ class ShardReader:
         return _Decoded(images, labels)
 
     def _locate_damage(self, shard: ShardInfo, data: bytes) -> str:
-        where = self._shard_path(shard)
+        where = storage.display(self._shard_path(shard))
         head = (f"shard {where} does not match its manifest ({len(data)} bytes, expected {shard.bytes}, "
                 "checksum differs)")
         try:
-            text = _read_bytes(f"{self.root}/{shard.index}").decode()
+            text = _read_bytes(storage.join(self.root, shard.index)).decode()
             expected = dict(line.split(" ", 1) for line in text.splitlines() if line.strip())
         except Exception:
             expected = None
