@@ -37,6 +37,10 @@ def test_an_unreachable_mlflow_server_is_a_clear_error_before_mlflows_retrying_c
     monkeypatch.setattr(mlflow.utils.rest_utils, "http_request", lambda *a, **k: calls.append(a) or 1 / 0)
     with pytest.raises(ServiceError, match=r"MLflow server http://127.0.0.1:\d+ is not reachable .*refused"):
         Tracker(f"http://127.0.0.1:{_closed_port()}", "x")
+    from harness.analysis.runs import load_runs
+
+    with pytest.raises(ServiceError, match=r"MLflow server http://127.0.0.1:\d+ is not reachable"):  # the report
+        load_runs(f"http://127.0.0.1:{_closed_port()}", "x")
     assert calls == []
 
 

@@ -31,6 +31,10 @@ def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
     the axes, `metrics.*` and the attack parameters as `param.params.*`."""
     import mlflow
 
+    from harness.execution.tracking import probe_server
+
+    if tracking_uri.startswith(("http://", "https://")):
+        probe_server(tracking_uri)  # at once, not after MLflow's minutes of retries against a refused connection
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment)

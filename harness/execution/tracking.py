@@ -38,7 +38,7 @@ class Tracker:
 
         self.uri = uri
         if uri.startswith(("http://", "https://")):
-            _probe_server(uri)
+            probe_server(uri)
         try:
             mlflow.set_tracking_uri(uri)
             self.client = MlflowClient(uri)
@@ -142,7 +142,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100])
 
 
-def _probe_server(uri: str, timeout: float = 10.0) -> None:
+def probe_server(uri: str, timeout: float = 10.0) -> None:
     """One quick request to the server's health endpoint: MLflow's client retries a refused connection with
     backoff for minutes before it gives up (results/bench/NOTES.md), the wrong answer to a typo in --tracking-uri.
     Later requests keep MLflow's retries (a server that blips during a long run)."""
