@@ -26,13 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_tree(marker: str, extra: list | None = None) -> list:
-    """Stop every process whose command line names `marker`, their children, and `extra`; return survivors."""
+def stop_tree(marker: str | None, extra: list | None = None) -> list:
+    """Stop every process with an argument that contains `marker` (None: none), `extra`, and all their children;
+    return the survivors."""
     import psutil
 
     def named(p) -> bool:
         try:
-            return any(marker in a for a in p.cmdline())
+            return marker is not None and any(marker in a for a in p.cmdline())
         except psutil.Error:
             return False
 
@@ -101,7 +102,7 @@ class S3Server:
         import psutil
 
         try:
-            left = stop_tree(f"-p {self.port}", [psutil.Process(self.proc.pid)])
+            left = stop_tree(None, [psutil.Process(self.proc.pid)])
         except psutil.NoSuchProcess:
             left = []
         self.log.close()
@@ -109,10 +110,11 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(folder: Path):
-    """An S3 server for the duration, with the credentials moto accepts in this process's environment."""
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
+def s3_server(folder: Path, secret: str = S3_ENV["AWS_SECRET_ACCESS_KEY"]):
+    """An S3 server for the duration, with credentials moto accepts in this process's environment."""
+    env = {**S3_ENV, "AWS_SECRET_ACCESS_KEY": secret}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     server = S3Server(folder)
     try:
         yield server
@@ -133,3 +135,64 @@ def postgres_bin() -> Path | None:
             return folder
     found = shutil.which("postgres")
     return Path(found).parent if found else None
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    """`cmd` as the postgres user when we are root: initdb and postgres refuse to run as root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextmanager
+def postgres_server():
+    """A PostgreSQL server on 127.0.0.1 with trust authentication and a database `mlflow`; yields its SQLAlchemy
+    URI (psycopg2). Its folder is a fresh one directly in the temp dir: the postgres user cannot enter pytest's
+    (0700, root's)."""
+    import tempfile
+
+    pg = postgres_bin()
+    if pg is None:
+        raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="harness-test-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+    subprocess.run(as_postgres([str(pg / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"]),
+                   check=True, capture_output=True, timeout=120)
+    proc = subprocess.Popen(as_postgres([str(pg / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+                                         "-k", str(folder)]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 60
+        while subprocess.run([str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"postgres did not start: {proc.stderr.read()[-2000:] if proc.poll() else ''}")
+            time.sleep(0.3)
+        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        import psutil
+
+        left = stop_tree(str(data), [psutil.Process(proc.pid)])
+        shutil.rmtree(folder, ignore_errors=True)
+        assert not left, "postgres processes survived"
+
+
+@contextmanager
+def mlflow_server(folder: Path, backend: str, artifacts: str, env: dict | None = None):
+    """`mlflow server` on 127.0.0.1 with `backend` (a database URI) and artifacts proxied to `artifacts`; yields
+    its address."""
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
+                             artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=open(folder / "mlflow.log", "w"),  # noqa: SIM115
+                            env=env, cwd=folder)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", proc, f"mlflow server (log: {folder / 'mlflow.log'})")
+        yield uri
+    finally:
+        import psutil
+
+        assert not stop_tree(None, [psutil.Process(proc.pid)]), "mlflow server processes survived"

@@ -49,6 +49,25 @@ def test_paper_grids_plan_without_data_and_estimate_cost(tmp_path):
     assert cost["finetune"]["hours"] == pytest.approx(cost["finetune"]["pflop"] * 1e15 / 1e14 / 3600)
     with pytest.raises(DataError, match="holds no prepared data"):
         build_plan(dag)
+    from harness.planning.cost import node_pflop, wall_hours
+
+    hours = [[h * 1e15 / 1e14 / 3600 for n, h in zip(nodes, node_pflop(nodes, sizes, sides).values(), strict=True)
+              if n.stage == s] for s in ("finetune", "evaluate", "attack")]
+    total = sum(map(sum, hours))
+    assert wall_hours(hours, 1) == pytest.approx(total)  # one worker: everything in a row
+    assert wall_hours(hours, 10**6) == pytest.approx(sum(map(max, hours)))  # a worker each: the longest per stage
+    assert total / 8 <= wall_hours(hours, 8) <= total / 8 + sum(map(max, hours))
+
+
+def test_wall_time_schedules_longest_first_and_stages_wait_for_each_other():
+    from harness.planning.cost import wall_hours
+
+    # longest first on the worker free soonest: 3,3 | 2,2 | 2 -> 7, within 4/3 of the best (3+3 | 2+2+2 = 6)
+    assert wall_hours([[2, 3, 2, 3, 2]], 2) == 7
+    assert wall_hours([[1, 1], [5]], 2) == 6  # the second stage starts once the first is done
+    assert wall_hours([[], [4, 4, 4]], 3) == 4
+    with pytest.raises(ValueError, match="at least 1"):
+        wall_hours([[1]], 0)
 
 
 @pytest.mark.parametrize("change,message", [

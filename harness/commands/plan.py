@@ -17,12 +17,16 @@ def add(p: argparse.ArgumentParser) -> None:
     dag_args(p)
     p.add_argument("--tflops", type=float, default=None,
                    help="effective training rate in TFLOP/s to estimate hours with (e.g. measured on your GPU)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="also estimate the wall time on N workers (one trial each, e.g. N GPUs): each stage's nodes "
+                   "to run, longest first on the worker free soonest; stages one after another, as `harness run` "
+                   "runs them")
 
 
 def main(args: argparse.Namespace) -> int:
     from harness.execution.orchestrator import locations
     from harness.execution.store import ArtifactStore
-    from harness.planning.cost import cost_by_stage, dataset_sizes, measured_rate
+    from harness.planning.cost import cost_by_stage, dataset_sizes, measured_rate, node_pflop, wall_hours
     from harness.planning.dag import load_dag
     from harness.planning.plan import build_plan
     from harness.stages import STAGES, ordered
@@ -51,4 +55,20 @@ def main(args: argparse.Namespace) -> int:
     trainings = sum(STAGES.get(n.stage).trains for n in nodes)
     print(f"trainings: {trainings} (the minimum for this grid); estimate at {source}"
           + (f": {total_h:.2f} hours of compute in all" if rate else ""))
+    if args.workers is not None and rate:
+        pflop = node_pflop(nodes, sizes, sides)
+        todo = [[pflop[n.key] * 1e15 / rate / 3600 for n in nodes if n.stage == stage.name
+                 and not store.done(stage.name, n.key)] for stage in ordered()]
+        wall = wall_hours(todo, args.workers)
+        print(f"wall time on {args.workers} worker(s): {wall:.2f} hours for the {sum(map(len, todo))} nodes to run "
+              f"({sum(map(sum, todo)) / wall / args.workers if wall else 0:.0%} of the workers' time busy)")
+    elif args.workers is not None:
+        print("wall time: needs a rate (run `harness bench train`, or pass --tflops)")
     return 0
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: the number of workers is at least 1")
+    return n

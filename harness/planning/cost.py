@@ -119,19 +119,45 @@ def dataset_sizes(dag: DagConfig, where: str) -> tuple[dict[str, dict], dict[str
     return sizes, sides
 
 
+def node_pflop(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int]) -> dict[str, float]:
+    """Node key -> its PFLOPs: counted image passes times the backbone's forward FLOPs at its input size."""
+    from workloads import backbones
+
+    out = {}
+    for n in nodes:
+        side = backbones.input_size(n.axes["backbone"], sides[n.axes["dataset"]])
+        out[n.key] = STAGES.get(n.stage).passes(n, sizes[n.axes["dataset"]]) * forward_flops(n.axes["backbone"],
+                                                                                              side) / 1e15
+    return out
+
+
 def cost_by_stage(nodes: list[Node], sizes: dict[str, dict], sides: dict[str, int],
              rate_flops: float | None) -> dict[str, dict]:
     """Per stage, in the order they run: nodes, PFLOPs and hours at `rate_flops` (None: no time estimate)."""
-    from workloads import backbones
-
     present = {n.stage for n in nodes}
     out: dict[str, dict] = {s.name: {"nodes": 0, "pflop": 0.0} for s in ordered() if s.name in present}
+    pflop = node_pflop(nodes, sizes, sides)
     for n in nodes:
-        side = backbones.input_size(n.axes["backbone"], sides[n.axes["dataset"]])
-        flops = STAGES.get(n.stage).passes(n, sizes[n.axes["dataset"]]) * forward_flops(n.axes["backbone"], side)
         row = out[n.stage]
         row["nodes"] += 1
-        row["pflop"] += flops / 1e15
+        row["pflop"] += pflop[n.key]
     for row in out.values():
         row["hours"] = row["pflop"] * 1e15 / rate_flops / 3600 if rate_flops else None
     return out
+
+
+def wall_hours(stages: list[list[float]], workers: int) -> float:
+    """Wall time of stages run one after another (as `harness run` runs them), each stage's nodes (their hours)
+    spread over `workers` that take one node at a time: longest first, each to the worker free soonest (LPT, within
+    4/3 of the best schedule)."""
+    import heapq
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    total = 0.0
+    for hours in stages:
+        free = [0.0] * min(workers, max(1, len(hours)))
+        for h in sorted(hours, reverse=True):
+            heapq.heappush(free, heapq.heappop(free) + h)
+        total += max(free)
+    return total

@@ -139,6 +139,8 @@ class Attack(Stage):
 
         sibling = files.inputs["sibling"] / MODEL if "sibling" in files.inputs else None
         result = run_config(cfg, files.inputs["model"] / MODEL, sibling, on_row)
+        # the model by its place in the store, not by a path that is local to the machine that ran the node
+        result["checkpoint"] = f"{node.upstream['model']}/{node.inputs['model']}/{MODEL}"
         write_outcomes(result.pop("outcomes"), files.folder / OUTCOMES)  # before result.json: that marks it done
         return result
 
