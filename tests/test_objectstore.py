@@ -140,3 +140,22 @@ def test_a_store_that_stops_answering_is_an_error_naming_it(s3):
     assert "object store s3://bkt/runs/y/store/pretrain/k/result.json" in str(err.value)
     assert "run the same command again to resume" in str(err.value) and waited < 60
     assert store.done("pretrain", "k")  # answering again: nothing was lost
+
+
+@on_s3
+def test_webdataset_shards_on_s3_are_indexed_in_place_and_read_with_their_checks(tmp_path, s3):
+    from test_webdataset import write_standard
+
+    truth = write_standard(tmp_path / "src", "jpg", "cls", {"train": 12, "test": 5}, per_shard=6)
+    for shard in sorted((tmp_path / "src").iterdir()):
+        storage.write_bytes(s3.uri(f"bkt/shards/{shard.name}"), shard.read_bytes())
+    src = f"train={s3.uri('bkt/shards/train-{000000..000001}.tar')},test={s3.uri('bkt/shards/test-000000.tar')}"
+    manifest, _ = prepare("webdataset", s3.uri("bkt/data/wds"), src=src)
+    assert [storage.display(s.name) for s in manifest.splits["train"].shards] == [
+        "s3://bkt/shards/train-000000.tar", "s3://bkt/shards/train-000001.tar"]
+    root = s3.uri("bkt/data/wds")
+    assert [int(v) for _, y in ShardReader(root, "train", batch_size=5) for v in y] == truth["train"]
+    check_shard_files(root, load_manifest(root), deep=True)
+    storage.write_bytes(s3.uri("bkt/shards/test-000000.tar"), b"\0" * 1024)  # rewritten behind the index's back
+    with pytest.raises(DataError, match="shard s3://bkt/shards/test-000000.tar has 1024 bytes"):
+        check_shard_files(root, load_manifest(root))

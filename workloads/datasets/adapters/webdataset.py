@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from workloads import storage
 from workloads.datasets.adapters.base import Adapter
 from workloads.datasets.adapters.registry import register_adapter
 from workloads.datasets.codec import decode_label
@@ -63,6 +64,11 @@ def _local(url: str) -> str | None:
 
 
 def read_shard_bytes(url: str) -> bytes:
+    if storage.is_remote(url):  # s3:// and gs://: the opener the reader and the store use (workloads/storage.py)
+        try:
+            return storage.read_bytes(url)
+        except FileNotFoundError:
+            raise DataError(f"shard {storage.display(url)} does not exist; check --src") from None
     path = _local(url)
     if path is not None:
         try:
@@ -81,7 +87,7 @@ def read_shard_bytes(url: str) -> bytes:
 @register_adapter
 class WebDatasetShards(Adapter):
     name = "webdataset"
-    description = "existing WebDataset shards (local, http(s), pipe:), indexed in place: no image copied"
+    description = "existing WebDataset shards (local, http(s), s3://, pipe:), indexed in place: no image copied"
     in_place = True
 
     class Options(Section):
@@ -129,6 +135,8 @@ class WebDatasetShards(Adapter):
                 if os.path.isabs(url):
                     st = os.stat(url)
                     h.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                elif storage.is_remote(url):  # an object's size is one cheap request; its bytes are checked on read
+                    h.update(f"{storage.size(url)}\n".encode())
         return h.hexdigest()
 
     def index(self, folder: Path, progress: Callable[[str, int, int | None], None] | None = None) -> Manifest:
