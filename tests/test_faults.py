@@ -210,3 +210,26 @@ def test_four_times_the_grid_at_full_concurrency_loses_nothing(data, tmp_path):
     runs = mlflow.search_runs([exp.experiment_id], "tags.`harness.kind` = 'node'", output_format="list")
     assert len(runs) == 100 and all(r.info.status == "FINISHED" for r in runs)
     assert sorted({r.data.tags["axis.seed"] for r in runs}) == ["0", "1", "2", "3"]  # every trial's seed is logged
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_the_run_and_every_ray_process_it_started_as_ctrl_c_does(data, tmp_path, sig):
+    """`timeout`, `kill` and a scheduler send SIGTERM, a closed terminal SIGHUP: the run stops as on Ctrl-C (exit 130,
+    finished nodes kept) and the local Ray instance it started goes with it. Ray's own SIGTERM handler, which
+    aborts the driver with a stack dump, is not left in place."""
+    proc = subprocess.Popen(_args(data, tmp_path, "--no-report"), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stderr:
+            if "epoch" in line:  # a trial is training: Ray's whole local instance is up
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any(c.name() == "raylet" for c in children), "the run should have started a local Ray instance"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 130
+        said = proc.stderr.read()
+        assert "run the same command again to resume" in said and "SIGTERM received" not in said
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], f"left running after {sig.name}"
+    finally:
+        _kill_group(proc.pid)

@@ -12,6 +12,7 @@ Trials report with `ray.tune.report`; Ray is imported only when a function here 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def init_ray(address: str | None, log: Log, plugins: list[str] | None = None) ->
     if address:
         log(f"[ray] connecting to {address}")
         _probe_gcs(address)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -62,6 +64,17 @@ def init_ray(address: str | None, log: Log, plugins: list[str] | None = None) ->
         raise ServiceError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {exc}. Check --address "
                            "or RAY_ADDRESS, and on a token-authenticated cluster RAY_AUTH_MODE=token with "
                            "RAY_AUTH_TOKEN (see README)") from None
+    _keep_handler(signal.SIGTERM, on_sigterm)
+
+
+def _keep_handler(sig: signal.Signals, handler: object) -> None:
+    """Ray's core worker installs a C++ handler for SIGTERM that prints a stack and aborts the driver; the
+    command's own handler (harness/cli.py: stop as on Ctrl-C, every `finally` run) goes back in its place."""
+    if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread: nothing was ours to restore
+            pass
 
 
 def _private_token(log: Log) -> None:
