@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from workloads.errors import ConfigError, StorageError
 from workloads.files import atomic_write
@@ -32,6 +33,7 @@ from workloads.files import atomic_write
 REMOTE = ("s3", "gs", "gcs")
 S3_OPTIONS = {"endpoint_override": str, "scheme": str, "region": str, "allow_bucket_creation": bool,
               "connect_timeout": float, "request_timeout": float, "retries": int}
+CHUNK = 8 << 20  # bytes per read or write when a file is streamed to or from a store
 SECRET_OPTIONS = {"access_key", "secret_key", "session_token", "aws_access_key_id", "aws_secret_access_key"}
 
 
@@ -203,21 +205,41 @@ def files(folder: str | Path) -> list[str]:
 
 
 def download(folder: str, names: list[str], local: Path) -> None:
-    """Copy `names` (relative to `folder`) into the local folder `local`, each file whole or not at all."""
+    """Copy `names` (relative to `folder`) into the local folder `local`, each file whole or not at all, streamed
+    (a checkpoint can be as large as memory allows twice over)."""
     for name in names:
-        data = read_bytes(join(folder, name))
-        atomic_write(local / name, lambda tmp, data=data: tmp.write_bytes(data))
+        source = join(folder, name)
+        if not is_remote(source):
+            atomic_write(local / name, lambda tmp, src=source: shutil.copyfile(src, tmp))
+            continue
+        fs, path = filesystem(source)
+
+        def fetch(tmp: Path, fs=fs, path=path, source=source) -> None:
+            try:
+                with fs.open_input_stream(path) as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, CHUNK)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise _failed(source, exc, "reading") from None
+
+        atomic_write(local / name, fetch)
 
 
 def upload(local: Path, folder: str, skip: tuple[str, ...] = ()) -> None:
-    """Every file under the local folder `local` to `folder`, but the names in `skip`."""
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        name = str(path.relative_to(local))
-        if name not in skip:
-            write_bytes(join(folder, name), path.read_bytes())
-
-
-def with_query(location: str, **options: str) -> str:
-    """`location` with `options` added to its query (a test's endpoint, say)."""
-    parts = urlsplit(location)
-    return parts._replace(query=urlencode({**dict(parse_qsl(parts.query)), **options})).geturl()
+    """Every file under the local folder `local` to `folder`, but the names in `skip`; streamed, and each object
+    visible only once whole (an S3 multipart upload completes when its stream closes)."""
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        name = str(file.relative_to(local))
+        if name in skip:
+            continue
+        target = join(folder, name)
+        if not is_remote(target):
+            atomic_write(Path(target), lambda tmp, src=file: shutil.copyfile(src, tmp))
+            continue
+        fs, path = filesystem(target)
+        try:
+            with open(file, "rb") as fin, fs.open_output_stream(path) as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+        except OSError as exc:
+            raise _failed(target, exc, "writing") from None
