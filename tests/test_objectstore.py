@@ -57,6 +57,8 @@ def test_objects_round_trip_empty_small_and_multipart(s3):
     ("s3://bkt/runs?endpoint=127.0.0.1", "unknown S3 option(s) endpoint"),
     ("hdfs://nn/runs", "unknown scheme 'hdfs'"),
     ("s3:///runs", "names no bucket"),
+    ("s3://bkt/runs?request_timeout=soon", "request_timeout='soon' is not a number"),
+    ("s3://bkt/runs?allow_bucket_creation=maybe", "allow_bucket_creation='maybe' is not valid"),
 ])
 def test_a_uri_with_credentials_or_unknown_options_is_refused(uri, says):
     with pytest.raises(ConfigError) as err:

@@ -65,7 +65,22 @@ def check(location: str, what: str) -> str:
         if unknown:
             raise ConfigError(f"{what}: {redact(location)}: unknown S3 option(s) {', '.join(unknown)}; known: "
                               f"{', '.join(S3_OPTIONS)}")
+        for key, value in options.items():
+            try:
+                _option(key, value)
+            except ValueError:
+                raise ConfigError(f"{what}: {redact(location)}: {key}={value!r} is not "
+                                  f"{'a number' if S3_OPTIONS[key] in (int, float) else 'valid'}") from None
     return location
+
+
+def _option(key: str, value: str) -> object:
+    kind = S3_OPTIONS[key]
+    if kind is bool:
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(value)
+        return value.lower() in ("1", "true", "yes")
+    return kind(value)
 
 
 def redact(location: str) -> str:
@@ -103,10 +118,7 @@ def _filesystem(scheme: str, query: str):
 
     if scheme != "s3":
         return pafs.FileSystem.from_uri(f"{scheme}://bucket?{query}" if query else f"{scheme}://bucket")[0]
-    options = {}
-    for key, value in parse_qsl(query):
-        kind = S3_OPTIONS[key]
-        options[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    options = {key: _option(key, value) for key, value in parse_qsl(query)}
     retries = options.pop("retries", None)
     if retries is not None:
         options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, retries))
