@@ -183,6 +183,9 @@ def test_the_smoke_dag_runs_on_nodes_that_share_no_disk_and_reports_from_the_tra
     assert report.returncode == 0, report.stderr[-2000:]
     c.reference.update(_tables(c.driver / "results" / "ref"))
     assert "robustness.csv" in c.reference and "clean:" in report.stdout
+    ui = c.harness("ui", "smoke", "--tracking-uri", c.tracking, timeout=120)  # a server is its own UI
+    assert ui.returncode == 0 and f"experiment: {c.tracking}/#/experiments/" in ui.stdout, ui.stderr[-2000:]
+    assert "classification fine-tuning compared" in ui.stdout
 
 
 def test_a_plugin_from_outside_the_repository_runs_on_both_nodes(cluster):

@@ -106,3 +106,5 @@ def test_ui_refuses_a_missing_store_an_unknown_experiment_and_a_taken_port(tmp_p
         assert f"port {port} on 127.0.0.1 is taken" in capsys.readouterr().err
     assert main(["ui", "nope", "--tracking-uri", uri, "--port", str(_free_port())]) == 2
     assert "the store has no experiment 'nope'" in capsys.readouterr().err
+    assert main(["ui", "exp", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"]) == 4  # a server that is not there
+    assert "is not reachable" in capsys.readouterr().err

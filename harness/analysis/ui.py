@@ -105,7 +105,15 @@ def start(uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[subproce
 
 def serve(experiment: str, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
           log: Callable[[str], None] = print) -> int:
-    proc, base = start(existing_store(experiment, tracking_uri), host, port)
+    uri = existing_store(experiment, tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI: its addresses, nothing started
+        from harness.execution.tracking import probe_server
+
+        probe_server(uri)
+        for what, url in addresses(uri.rstrip("/"), experiment).items():
+            log(f"{what}: {url}")
+        return 0
+    proc, base = start(uri, host, port)
     try:
         for what, url in addresses(base, experiment).items():
             log(f"{what}: {url}")

@@ -1,6 +1,7 @@
 """`harness ui EXPERIMENT`: starts `mlflow ui` on the experiment's store (default: runs/EXPERIMENT/mlflow.db) on
 127.0.0.1 unless told otherwise, waits until it answers, prints the experiment's address and one comparing the
-fine-tuning runs of its latest run, and serves until Ctrl-C.
+fine-tuning runs of its latest run, and serves until Ctrl-C (or SIGTERM, SIGHUP). With --tracking-uri of a
+tracking server, which is its own UI, it prints those addresses there and starts nothing.
 """
 
 from __future__ import annotations
