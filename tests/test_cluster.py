@@ -219,15 +219,29 @@ def _wait_for(what: str, found, proc: subprocess.Popen, timeout: float = 600):
     raise AssertionError(f"no {what} in {timeout:.0f} s")
 
 
-def _running(store: str, stage: str) -> list[dict]:
+def _running(store: str, stage: str) -> list[tuple[str, dict]]:
+    """(key, its running.json) of every node of `stage` that is running now."""
     names = [n for n in storage.files(storage.join(store, "store", stage)) if n.endswith("/running.json")]
     out = []
     for n in names:
         try:
-            out.append(json.loads(storage.read_bytes(storage.join(store, "store", stage, n))))
+            out.append((n.split("/")[0], json.loads(storage.read_bytes(storage.join(store, "store", stage, n)))))
         except FileNotFoundError:  # it finished meanwhile
             pass
     return out
+
+
+def _frozen_trial(store: str, stage: str) -> tuple[str, dict] | None:
+    """A trial of `stage` caught running and frozen (SIGSTOP) before it could finish, or None to look again."""
+    for key, where in _running(store, stage):
+        try:
+            os.kill(where["pid"], signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        if not storage.is_file(storage.join(store, "store", stage, key, "result.json")):
+            return key, where
+        os.kill(where["pid"], signal.SIGCONT)  # it had finished already: let it go
+    return None
 
 
 def test_a_worker_node_killed_mid_finetune_is_retried_elsewhere_and_changes_nothing(cluster):
@@ -237,11 +251,13 @@ def test_a_worker_node_killed_mid_finetune_is_retried_elsewhere_and_changes_noth
     proc = subprocess.Popen([sys.executable, "-m", "harness", *c.run_args("smoke-killed", store)], cwd=c.driver,
                             env=c.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for("fine-tuning trial", lambda: _running(store, "finetune"), proc)[0]
+        # the trial is frozen first, so it cannot finish between what the test records and the node's death
+        key, victim = _wait_for("fine-tuning trial", lambda: _frozen_trial(store, "finetune"), proc)
         raylet = _raylet_of(victim["pid"])
         assert raylet is not None, "a trial runs under its node's raylet"
         before = _records(store)  # what finished before the node died
         raylet.kill()
+        os.kill(victim["pid"], signal.SIGKILL)  # frozen, it would not notice its raylet is gone
         out, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -251,6 +267,7 @@ def test_a_worker_node_killed_mid_finetune_is_retried_elsewhere_and_changes_noth
     after = _records(store)
     assert len(after) == SMOKE_NODES
     assert {k: after[k] for k in before} == before, "a node that had finished was run again"
+    assert json.loads(after[f"store/finetune/{key}/result.json"])["where"]["ray_node_id"] != victim["ray_node_id"]
     survivors = {json.loads(after[k])["where"]["ray_node_id"] for k in after if k not in before}
     assert victim["ray_node_id"] not in survivors and len(survivors) == 1, "the rest ran on the surviving node"
 
