@@ -161,3 +161,22 @@ def test_webdataset_shards_on_s3_are_indexed_in_place_and_read_with_their_checks
     storage.write_bytes(s3.uri("bkt/shards/test-000000.tar"), b"\0" * 1024)  # rewritten behind the index's back
     with pytest.raises(DataError, match="shard s3://bkt/shards/test-000000.tar has 1024 bytes"):
         check_shard_files(root, load_manifest(root))
+
+
+@on_s3
+def test_a_node_that_fails_on_s3_leaves_no_staging_folder_and_no_running_record(tmp_path, s3, monkeypatch):
+    from harness.execution import runner
+    from harness.stages import Node
+
+    class Failing:
+        def run(self, node, files, progress):
+            (files.folder / "half.bin").write_bytes(b"\0")
+            raise RuntimeError("diverged")
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner.STAGES, "get", lambda name: Failing())
+    store = ArtifactStore(s3.uri("bkt/runs/fail/store"))
+    with pytest.raises(RuntimeError, match="diverged"):
+        runner.run_node(Node("attack", "k", "a node", {}, None), store)
+    assert not list((store.cache() / ".staging").iterdir())
+    assert storage.files(store.location("attack", "k")) == []  # no running.json, no half a file

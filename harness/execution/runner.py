@@ -7,6 +7,7 @@ inputs fetched into this machine's cache, its own a staging folder the store pub
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 
@@ -29,11 +30,13 @@ def run_node(node: Node, store: ArtifactStore, progress: Progress | None = None,
         raise ValueError(f"node {node.label}: inputs {unknown} name no stage; a stage's nodes read others with "
                          "Node.reads(role=node)")
     t0 = time.perf_counter()
+    folder = store.staging(stage, key) if store.remote else store.node_dir(stage, key)
     try:
         inputs = {role: store.local_folder(node.upstream[role], k) for role, k in node.inputs.items()}
-        folder = store.staging(stage, key) if store.remote else store.node_dir(stage, key)
         result = STAGES.get(stage).run(node, NodeFiles(folder, inputs), progress or (lambda metrics: None))
     except BaseException:
+        if store.remote:  # a staging folder holds nothing worth keeping once its node stopped
+            shutil.rmtree(folder, ignore_errors=True)
         store.clear_running(stage, key)  # it stopped: the caller records why (failed.json), or nothing if it must not
         raise
     record = {"node": node.to_dict(), "result": result, "seconds": time.perf_counter() - t0, "where": here}
