@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--{foreign[0].replace('_', '-')}: not an option of {args.name} (its options: "
                          f"{', '.join(adapter.Options.model_fields) or 'none'})")
     options = validate(adapter.Options, given, f"harness data prepare {args.name}").model_dump(exclude_unset=True)
-    out = args.out if args.out and "://" in args.out else Path(args.out or Path("data") / args.name)
+    out = args.out or Path("data") / args.name  # a folder or an object-store URI: prepare() takes either
 
     def progress(split: str, done: int, total: int | None) -> None:
         log(f"[prepare {args.name}] {split}: {done}/{total if total else '?'}")

@@ -123,12 +123,9 @@ def check_shard_files(root: str | Path, manifest: Manifest, deep: bool = False) 
             if ("://" in sh.name and not storage.is_remote(sh.name)) or sh.name.startswith("pipe:"):
                 continue
             p = sh.name if "://" in sh.name or os.path.isabs(sh.name) else storage.join(root, sh.name)
-            try:
-                size = storage.size(p)
-            except (FileNotFoundError, NotADirectoryError):
-                size = None
-            if size is None or (not storage.is_remote(p) and not Path(p).is_file()):
+            if not storage.is_file(p):
                 raise DataError(f"shard {storage.display(p)} listed in the manifest (split {split!r}) is missing")
+            size = storage.size(p)
             if size != sh.bytes:
                 raise DataError(f"shard {storage.display(p)} has {size} bytes, the manifest says {sh.bytes}: it was "
                                 "changed or truncated; prepare the dataset again")
