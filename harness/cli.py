@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
 from harness.commands import ALIASES, COMMANDS
+from harness.execution import interrupts
 from workloads.errors import EXIT_CODES, HarnessError
 
 
@@ -70,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     # SIGTERM (`timeout`, `kill`, a scheduler) and SIGHUP (a closed terminal) end a command as Ctrl-C does, so
-    # every `finally` runs: the servers a command started are stopped with all their workers, not orphaned
-    previous = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
+    # every `finally` runs: the servers a command started are stopped with all their workers, not orphaned. Inside
+    # a Ray Tune run the stop waits for a safe point (harness/execution/interrupts.py)
+    restore_signals = interrupts.install()
     try:
         _plugins_first(argv)
         args = build_parser(argv).parse_args(argv)
@@ -91,19 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 70
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _interrupt_on(*signals: signal.Signals) -> dict:
-    try:
-        return {sig: signal.signal(sig, _interrupt) for sig in signals}
-    except ValueError:  # called from a thread other than the main one (a notebook's worker): leave them be
-        return {}
-
-
-def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+        restore_signals()
 
 
 if __name__ == "__main__":

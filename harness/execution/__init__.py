@@ -7,5 +7,6 @@
   nodes not in the store;
 - `tracking.py`: MLflow, written from the driver only;
 - `unchanged.py`: a `harness run` whose inputs are unchanged answers at once, from a stamp of the last one;
-- `allocator.py`: the process-wide malloc setting that keeps PyTorch on the CPU fast.
+- `allocator.py`: the process-wide malloc setting that keeps PyTorch on the CPU fast;
+- `interrupts.py`: Ctrl-C, SIGTERM and SIGHUP, raised at once, or inside a Tune run once Tune has stopped its trials.
 """

@@ -4,8 +4,9 @@
   the user's plugins to every worker (`runtime_env`);
 - `run_trials`: one Tune run, as the DAG's trial settings say (harness/config/trials.py): resources per trial (a
   GPU share only where the cluster has GPUs), threads capped to the trial's CPUs, Tune's retries for a worker that
-  died, storage in the run's store (a folder, or an object store every node reaches: workloads/storage.py), and
-  one progress line per trial event.
+  died, storage in the run's store (a folder, or an object store every node reaches: workloads/storage.py), one
+  progress line per trial event, and Ctrl-C, SIGTERM or SIGHUP stopping the trials at Tune's next step
+  (harness/execution/interrupts.py).
 Trials report with `ray.tune.report`; Ray is imported only when a function here is called.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from harness.config.plugins import shipped
 from harness.config.trials import TrialSettings
+from harness.execution import interrupts
 from workloads.errors import ConfigError, ServiceError
 
 Log = Callable[[str], None]
@@ -151,11 +153,26 @@ def run_trials(name: str, trainable: Callable, space: dict, *, stage: str, total
     tuner = tune.Tuner(
         wrapped, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent or None, **names, **tune_config),
-        run_config=tune.RunConfig(name=name, **where, verbose=0,
+        run_config=tune.RunConfig(name=name, **where, verbose=0, stop=_on_signal(),
                                   failure_config=tune.FailureConfig(max_failures=settings.retries),
                                   callbacks=[_progress(stage, total, label or (lambda t: t.trial_id), describe, log)]),
     )
-    return tuner.fit()
+    with interrupts.graceful():  # Ctrl-C, SIGTERM, SIGHUP stop the trials, then raise once fit() has returned
+        return tuner.fit()
+
+
+def _on_signal():
+    """Tune's stopper for harness/execution/interrupts.py: every trial stops once a signal asked the run to."""
+    from ray.tune import Stopper
+
+    class OnSignal(Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return interrupts.requested() is not None
+
+        def stop_all(self) -> bool:
+            return interrupts.requested() is not None
+
+    return OnSignal()
 
 
 def _storage(location: str | Path) -> dict:
