@@ -3,6 +3,7 @@ report, and a failing dataset that does not stop the rest of the grid."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from datagen import write_fmnist
 from smokerun import harness
 
+from harness.analysis.report import REPORT_FILES
 from workloads.datasets import prepare
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -43,6 +45,8 @@ def test_first_run_executes_every_node_and_reports(smoke):
     for name in ("README.md", "clean.csv", "robustness.csv", "robustness.png", "hashing_attacks.md",
                  "blackbox_l2.csv", "diagnostics.csv", "verdicts.csv"):
         assert (work / "results" / name).is_file(), name
+    listed = json.loads((work / "results" / REPORT_FILES).read_text())  # what the next report may replace
+    assert set(listed) == {p.name for p in (work / "results").iterdir()} - {REPORT_FILES}
     verdicts = pl.read_csv(work / "results" / "verdicts.csv")
     assert sorted(verdicts.filter(pl.col("rule") == "frsf")["task"].to_list()) == ["classification", "hashing"]
     assert set(verdicts["primary_chosen_by"]) == {"calibration on the baseline"}  # the smoke DAG fixes no budget

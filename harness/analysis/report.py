@@ -4,7 +4,8 @@ Writes `results/<experiment>/`: verdicts.{csv,md} (each cell's two answers), wor
 robustness curve) and hashing_worst.{csv,md} (the per-model worst case at the primary budget, with intervals), then
 every stage's own tables (evaluate: clean, diagnostics; attack: robustness with its figure, hashing_attacks,
 blackbox, blackbox_l2), and README.md with all of them and one line of answers per cell. Tables are keyed by task
-kind: a task of your own of an existing kind lands in its kind's tables and answers.
+kind: a task of your own of an existing kind lands in its kind's tables and answers. A table or figure the folder's
+previous report wrote and this one does not (a task or stage left out of the DAG since) is removed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from workloads.errors import ConfigError
 from workloads.tasks import get_task
 
 KINDS = ("classification", "hashing")  # the task kinds whose per-image outcomes the verdicts read
+REPORT_FILES = ".report-files.json"  # what the last report wrote in its folder, so the next one can remove the rest
 SHOWN = ("verdicts", "clean", "robustness", "hashing_worst", "hashing_attacks", "blackbox", "blackbox_l2")
 
 
@@ -201,8 +203,25 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, notes:
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     (out / "README.md").write_text("\n".join(md))
+    written = {"README.md", *(p.name for p in figures.values())}
+    written |= {f"{name}.{ext}" for name, (_, df) in tables.items() if not df.is_empty() for ext in ("csv", "md")}
+    replace_previous(out, written)
     return {"dir": str(out), "tables": {k: v[1] for k, v in tables.items()}, "verdicts": lines, "checks": checks,
             "figures": [str(p) for p in figures.values()]}
+
+
+def replace_previous(out: Path, written: set[str]) -> None:
+    """A table or figure the previous report in `out` wrote and this one did not is removed, so the folder never
+    mixes two runs' numbers; only what a report listed as its own (in REPORT_FILES) is touched, never a user's file."""
+    listed = out / REPORT_FILES
+    try:
+        previous = {n for n in json.loads(listed.read_text()) if isinstance(n, str)} if listed.is_file() else set()
+    except (ValueError, TypeError):  # our own list, damaged: forget it rather than fail the report
+        previous = set()
+    for name in sorted(previous - written):
+        if name and Path(name).name == name:  # a bare file name: a list edited by hand cannot reach outside `out`
+            (out / name).unlink(missing_ok=True)
+    listed.write_text(json.dumps(sorted(written), indent=1) + "\n")
 
 
 def summary_text(report: dict) -> str:
