@@ -67,6 +67,12 @@ def test_an_error_the_stop_caused_becomes_the_interrupt_and_other_errors_pass(ha
             raise RuntimeError("a real failure")
 
 
+def test_without_our_handlers_tunes_own_ctrl_c_handler_is_left_on(monkeypatch):
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    with interrupts.graceful():
+        assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
 def test_install_puts_the_previous_handlers_back():
     before = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
     restore = interrupts.install()

@@ -11,8 +11,10 @@ stopper (`requested()`, read at every step of its loop, about every 0.1 s) then 
 state and stops its actors, and the KeyboardInterrupt is raised once `fit()` has returned. A second signal raises at
 once, for a run that will not stop.
 
-Tune's own Ctrl-C handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so that all three signals take this one
-path; left on, it also stays installed after `fit()` returns, where a later Ctrl-C would do nothing.
+Where `install()` has run (every `harness` command), Tune's own Ctrl-C handler is switched off
+(TUNE_DISABLE_SIGINT_HANDLER) so that all three signals take this one path; left on, it also stays installed after
+`fit()` returns, where a later Ctrl-C would do nothing. Code that calls the orchestrator without `install()` (a
+notebook) keeps Tune's handler.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def graceful() -> Iterator[None]:
     """Around `Tuner.fit()`: a signal asks the run to stop (see `requested`) instead of raising inside Ray; on
     leaving, a requested stop raises KeyboardInterrupt, also in place of an error the stop itself caused."""
     global _graceful
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if signal.getsignal(signal.SIGINT) is _on_signal:  # ours is installed: Tune's own would take Ctrl-C from it
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     previous, _graceful = _graceful, True
     try:
         yield
