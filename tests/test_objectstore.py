@@ -36,7 +36,7 @@ def s3(tmp_path_factory):
 
 
 @on_s3
-def test_objects_round_trip_empty_small_and_multipart(s3):
+def test_objects_round_trip_empty_small_and_multipart(s3, tmp_path):
     root = s3.uri("bkt/rt")
     for name, data in [("empty", b""), ("small", b"hello"), ("big", os.urandom(12 << 20))]:  # > 5 MiB: multipart
         storage.write_bytes(storage.join(root, "d", name), data)
@@ -49,6 +49,8 @@ def test_objects_round_trip_empty_small_and_multipart(s3):
     assert storage.files(storage.join(root, "d")) == ["big", "empty"]
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(storage.join(root, "d", "small"))
+    with pytest.raises(FileNotFoundError):  # a missing object is missing, not a store that fails, on every path
+        storage.download(storage.join(root, "d"), ["small"], tmp_path)
 
 
 @pytest.mark.parametrize("uri, says", [

@@ -21,9 +21,12 @@ machine. A local path (or `file://`) is an ordinary path, written through a temp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -125,10 +128,20 @@ def _filesystem(scheme: str, query: str):
     return pafs.S3FileSystem(**options)
 
 
-def _failed(location: str, exc: BaseException, doing: str) -> StorageError:
-    return StorageError(f"object store {display(location)}: {doing} failed ({str(exc).strip()[:300]}); check that the "
-                        "store is reachable (the URI's endpoint_override) and the credentials in this node's "
-                        "environment; finished nodes are kept, run the same command again to resume")
+@contextmanager
+def _failures(location: str, doing: str, missing: bool = False) -> Iterator[None]:
+    """pyarrow's OSError as a StorageError that names the store and says what to check; with `missing`, an object
+    that is not there stays a FileNotFoundError (pyarrow says so only in its message)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if missing and any(t in str(exc) for t in ("NoSuchKey", "does not exist")):
+            raise FileNotFoundError(display(location)) from None
+        raise StorageError(f"object store {display(location)}: {doing} failed ({str(exc).strip()[:300]}); check that "
+                           "the store is reachable (the URI's endpoint_override) and the credentials in this node's "
+                           "environment; finished nodes are kept, run the same command again to resume") from None
 
 
 def read_bytes(location: str | Path) -> bytes:
@@ -136,15 +149,8 @@ def read_bytes(location: str | Path) -> bytes:
     if not is_remote(location):
         return Path(str(location).removeprefix("file://")).read_bytes()
     fs, path = filesystem(str(location))
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if "NoSuchKey" in str(exc) or "does not exist" in str(exc) or "Path does not exist" in str(exc):
-            raise FileNotFoundError(display(str(location))) from None
-        raise _failed(str(location), exc, "reading") from None
+    with _failures(str(location), "reading", missing=True), fs.open_input_stream(path) as f:
+        return f.read()
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:
@@ -154,11 +160,8 @@ def write_bytes(location: str | Path, data: bytes) -> None:
         atomic_write(Path(str(location).removeprefix("file://")), lambda tmp: tmp.write_bytes(data))
         return
     fs, path = filesystem(str(location))
-    try:
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-    except OSError as exc:
-        raise _failed(str(location), exc, "writing") from None
+    with _failures(str(location), "writing"), fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def is_file(location: str | Path) -> bool:
@@ -167,20 +170,16 @@ def is_file(location: str | Path) -> bool:
     import pyarrow.fs as pafs
 
     fs, path = filesystem(str(location))
-    try:
+    with _failures(str(location), "looking up a file"):
         return fs.get_file_info(path).type == pafs.FileType.File
-    except OSError as exc:
-        raise _failed(str(location), exc, "looking up a file") from None
 
 
 def size(location: str | Path) -> int:
     if not is_remote(location):
         return os.path.getsize(str(location).removeprefix("file://"))
     fs, path = filesystem(str(location))
-    try:
+    with _failures(str(location), "looking up a file"):
         info = fs.get_file_info(path)
-    except OSError as exc:
-        raise _failed(str(location), exc, "looking up a file") from None
     if info.size is None:
         raise FileNotFoundError(display(str(location)))
     return info.size
@@ -192,13 +191,8 @@ def remove(location: str | Path) -> None:
         Path(str(location).removeprefix("file://")).unlink(missing_ok=True)
         return
     fs, path = filesystem(str(location))
-    try:
+    with contextlib.suppress(FileNotFoundError), _failures(str(location), "deleting", missing=True):
         fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if "NoSuchKey" not in str(exc):
-            raise _failed(str(location), exc, "deleting") from None
 
 
 def files(folder: str | Path) -> list[str]:
@@ -209,10 +203,8 @@ def files(folder: str | Path) -> list[str]:
     import pyarrow.fs as pafs
 
     fs, path = filesystem(str(folder))
-    try:
+    with _failures(str(folder), "listing"):
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    except OSError as exc:
-        raise _failed(str(folder), exc, "listing") from None
     return sorted(i.path[len(path) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
@@ -227,13 +219,9 @@ def download(folder: str, names: list[str], local: Path) -> None:
         fs, path = filesystem(source)
 
         def fetch(tmp: Path, fs=fs, path=path, source=source) -> None:
-            try:
-                with fs.open_input_stream(path) as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, CHUNK)
-            except FileNotFoundError:
-                raise
-            except OSError as exc:
-                raise _failed(source, exc, "reading") from None
+            with open(tmp, "wb") as fout, _failures(source, "reading", missing=True), \
+                    fs.open_input_stream(path) as fin:
+                shutil.copyfileobj(fin, fout, CHUNK)
 
         atomic_write(local / name, fetch)
 
@@ -250,8 +238,5 @@ def upload(local: Path, folder: str, skip: tuple[str, ...] = ()) -> None:
             atomic_write(Path(target), lambda tmp, src=file: shutil.copyfile(src, tmp))
             continue
         fs, path = filesystem(target)
-        try:
-            with open(file, "rb") as fin, fs.open_output_stream(path) as fout:
-                shutil.copyfileobj(fin, fout, CHUNK)
-        except OSError as exc:
-            raise _failed(target, exc, "writing") from None
+        with open(file, "rb") as fin, _failures(target, "writing"), fs.open_output_stream(path) as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
