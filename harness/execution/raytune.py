@@ -71,8 +71,8 @@ def init_ray(address: str | None, log: Log, plugins: list[str] | None = None) ->
 
 def _keep_handler(sig: signal.Signals, handler: object) -> None:
     """Ray's core worker installs a C++ handler for SIGTERM that prints a stack and aborts the driver; the
-    command's own handler (harness/cli.py: stop as on Ctrl-C, every `finally` run) goes back in its place."""
-    if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+    command's own handler (harness/execution/interrupts.py: stop as on Ctrl-C) goes back in its place."""
+    if handler is not None:  # None: a handler not installed from Python, nothing of ours to restore
         try:
             signal.signal(sig, handler)
         except ValueError:  # not the main thread: nothing was ours to restore
